@@ -1,0 +1,91 @@
+package httpapi
+
+import (
+	"net/http"
+	"sort"
+	"strings"
+)
+
+// routes maps the whole API surface (SPEC §4) in one place. Routes whose
+// feature has not landed yet answer 501 problem+json, so clients get a clear
+// answer rather than a 404 and the surface is visible here.
+func (s *Server) routes() {
+	notYet := func(feature string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeProblem(w, r, probNotImplemented.with(feature+" is not available in this version of opsd"))
+		})
+	}
+	pathObject := func(kind, param string) func(r *http.Request) string {
+		return func(r *http.Request) string { return kind + "/" + r.PathValue(param) }
+	}
+	routes := []route{
+		// Unauthenticated probes.
+		{method: "GET", path: "/healthz", handler: http.HandlerFunc(s.handleHealthz)},
+		{method: "GET", path: "/readyz", handler: http.HandlerFunc(s.handleReadyz)},
+		// Viewer unless server.metrics_public.
+		{method: "GET", path: "/metrics", role: RoleViewer, handler: s.metricsHandler()},
+
+		{method: "GET", path: "/api/v1/openapi.json", role: RoleViewer, handler: http.HandlerFunc(handleOpenAPI)},
+		{method: "GET", path: "/api/v1/status", role: RoleViewer, handler: http.HandlerFunc(s.handleStatus)},
+		{method: "POST", path: "/api/v1/reload", role: RoleAdmin, action: "config.reload", handler: http.HandlerFunc(s.handleReload)},
+		{method: "GET", path: "/api/v1/cluster", role: RoleViewer, handler: notYet("the cluster view")},
+
+		// Audit log (SPEC §10).
+		{method: "GET", path: "/api/v1/audit/checkpoint", role: RoleViewer, handler: http.HandlerFunc(s.handleAuditCheckpoint)},
+		{method: "GET", path: "/api/v1/audit/entries", role: RoleViewer, handler: http.HandlerFunc(s.handleAuditEntries)},
+		{method: "GET", path: "/api/v1/audit/entries/{index}/proof", role: RoleViewer, handler: http.HandlerFunc(s.handleAuditProof)},
+		{method: "GET", path: "/api/v1/audit/consistency", role: RoleViewer, handler: http.HandlerFunc(s.handleAuditConsistency)},
+
+		// Backups.
+		{method: "GET", path: "/api/v1/sources", role: RoleViewer, handler: notYet("the sources API")},
+		{method: "GET", path: "/api/v1/sources/{name}", role: RoleViewer, handler: notYet("the sources API")},
+		{method: "POST", path: "/api/v1/sources/{name}/backups", role: RoleOperator, object: pathObject("source", "name"), handler: notYet("triggering backups")},
+		{method: "GET", path: "/api/v1/backups", role: RoleViewer, handler: notYet("the backup catalog")},
+		{method: "GET", path: "/api/v1/backups/{id}", role: RoleViewer, handler: notYet("the backup catalog")},
+		{method: "POST", path: "/api/v1/backups/{id}/verify", role: RoleOperator, handler: notYet("backup verification")},
+		{method: "POST", path: "/api/v1/backups/{id}/restore", role: RoleOperator, handler: notYet("restores")},
+
+		// Runbooks and drills.
+		{method: "GET", path: "/api/v1/runbooks", role: RoleViewer, handler: notYet("runbooks")},
+		{method: "GET", path: "/api/v1/runbooks/{name}", role: RoleViewer, handler: notYet("runbooks")},
+		{method: "POST", path: "/api/v1/runbooks/{name}/runs", role: RoleOperator, handler: notYet("runbook runs")},
+		{method: "GET", path: "/api/v1/runs", role: RoleViewer, handler: notYet("runbook runs")},
+		{method: "GET", path: "/api/v1/runs/{id}", role: RoleViewer, handler: notYet("runbook runs")},
+		{method: "GET", path: "/api/v1/runs/{id}/events", role: RoleViewer, handler: notYet("run events")},
+		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/approve", role: RoleOperator, handler: notYet("approvals")},
+		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/reject", role: RoleOperator, handler: notYet("approvals")},
+		{method: "POST", path: "/api/v1/runs/{id}/cancel", role: RoleOperator, handler: notYet("run cancellation")},
+		{method: "GET", path: "/api/v1/runs/{id}/report", role: RoleViewer, handler: notYet("drill reports")},
+
+		// Alerts.
+		{method: "GET", path: "/api/v1/alerts", role: RoleViewer, handler: notYet("alerts")},
+		{method: "GET", path: "/api/v1/rules", role: RoleViewer, handler: notYet("alert rules")},
+		{method: "GET", path: "/api/v1/silences", role: RoleViewer, handler: notYet("silences")},
+		{method: "POST", path: "/api/v1/silences", role: RoleOperator, handler: notYet("silences")},
+		{method: "DELETE", path: "/api/v1/silences/{id}", role: RoleOperator, handler: notYet("silences")},
+
+		// Cost.
+		{method: "GET", path: "/api/v1/cost", role: RoleViewer, handler: notYet("cost reports")},
+		{method: "GET", path: "/api/v1/budgets", role: RoleViewer, handler: notYet("budgets")},
+
+		{method: "GET", path: "/ui/", role: RoleViewer, handler: notYet("the web dashboard")},
+	}
+	allowed := map[string][]string{}
+	for _, rt := range routes {
+		s.handle(rt)
+		allowed[rt.path] = append(allowed[rt.path], rt.method)
+	}
+	// A path that exists with another method answers 405, anything else
+	// 404, both as problem+json (the mux's own answers are text/plain).
+	for path, methods := range allowed {
+		sort.Strings(methods)
+		allow := strings.Join(methods, ", ")
+		s.mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeProblem(w, r, probMethod.with("allowed: "+allow))
+		}))
+	}
+	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, r, probNotFound.with(""))
+	}))
+}
