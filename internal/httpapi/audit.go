@@ -35,9 +35,9 @@ type auditEntriesResponse struct {
 }
 
 type auditProofResponse struct {
-	Index    int64         `json:"index"`
-	TreeSize int64         `json:"tree_size"`
-	Hashes   []tlog.Hash   `json:"hashes"`
+	Index    int64       `json:"index"`
+	TreeSize int64       `json:"tree_size"`
+	Hashes   []tlog.Hash `json:"hashes"`
 }
 
 type auditConsistencyResponse struct {
