@@ -1,0 +1,145 @@
+// Package state defines opsd's state store: the one interface through which
+// the daemon keeps persisted facts and the cluster view, with two
+// implementations — an embedded SQLite file (state/sqlite, the default) and
+// PostgreSQL (state/postgres, for several replicas sharing the work).
+//
+// Both implementations pass the same conformance suite (state/statetest), so
+// callers never branch on the backend except to hand its connection to River
+// (see internal/jobs).
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Sentinel errors callers branch on. Implementations wrap them with context.
+var (
+	// ErrNotFound: the key (or row) does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a compare-and-swap found a value other than the expected one.
+	ErrConflict = errors.New("value changed concurrently")
+	// ErrInvalid: a key, value or replica was rejected before reaching the
+	// database (empty key, invalid UTF-8, NUL byte, too long).
+	ErrInvalid = errors.New("invalid input")
+	// ErrSchemaTooNew: the database was migrated by a newer opsd; this binary
+	// refuses to touch it rather than misread it.
+	ErrSchemaTooNew = errors.New("database schema is newer than this opsd")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("state store closed")
+)
+
+// Store kinds returned by Store.Kind.
+const (
+	KindSQLite   = "sqlite"
+	KindPostgres = "postgres"
+)
+
+// MaxKeyLen is the longest key, in bytes, a Store accepts.
+const MaxKeyLen = 512
+
+// Replica is one opsd process as it last announced itself. PostgreSQL-backed
+// deployments list every replica sharing the database; with SQLite there is
+// only ever the local one.
+type Replica struct {
+	ID         string    // unique per process start (e.g. hostname + random)
+	Hostname   string    // os.Hostname of the replica
+	Version    string    // opsd version
+	ConfigHash string    // hash of the loaded configuration, to spot drift
+	StartedAt  time.Time // when the process started
+	SeenAt     time.Time // last heartbeat; zero means "now" when passed to Heartbeat
+}
+
+// Store is opsd's persisted state. Every method takes ctx first and is safe
+// for concurrent use. Times are stored with microsecond precision in UTC and
+// returned in UTC.
+//
+// Errors: methods wrap ErrNotFound, ErrConflict, ErrInvalid and ErrClosed
+// where they apply; any other error is an I/O or database error that may be
+// transient.
+type Store interface {
+	// Kind is KindSQLite or KindPostgres.
+	Kind() string
+	// Ping checks that the database answers (for /readyz).
+	Ping(ctx context.Context) error
+	// SchemaVersion is the highest opsd schema migration applied.
+	SchemaVersion(ctx context.Context) (int, error)
+
+	// GetValue returns the value stored under key; ok is false (and err nil)
+	// when the key does not exist.
+	GetValue(ctx context.Context, key string) (value string, ok bool, err error)
+	// PutValue stores value under key, replacing any previous value.
+	PutValue(ctx context.Context, key, value string) error
+	// CompareAndSwapValue replaces key's value with new only if it is
+	// currently old. It returns an error wrapping ErrNotFound when the key
+	// does not exist and ErrConflict when it holds another value. Use
+	// CreateValue to create a key only if it does not exist.
+	CompareAndSwapValue(ctx context.Context, key, old, new string) error
+	// CreateValue stores value under key only if the key does not exist yet;
+	// otherwise it returns an error wrapping ErrConflict.
+	CreateValue(ctx context.Context, key, value string) error
+	// DeleteValue removes key. Deleting a missing key is not an error.
+	DeleteValue(ctx context.Context, key string) error
+
+	// Heartbeat inserts or updates the replica r (keyed by r.ID). A zero
+	// r.SeenAt is replaced by the current time.
+	Heartbeat(ctx context.Context, r Replica) error
+	// Replicas lists every known replica ordered by ID.
+	Replicas(ctx context.Context) ([]Replica, error)
+	// PruneReplicas forgets replicas last seen before cutoff and returns how
+	// many were removed.
+	PruneReplicas(ctx context.Context, cutoff time.Time) (int, error)
+
+	// Close releases the database. Methods called after Close return an error
+	// wrapping ErrClosed.
+	Close() error
+}
+
+// CheckKey validates a key before it reaches a database, so both backends
+// accept exactly the same keys.
+func CheckKey(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty key", ErrInvalid)
+	case len(key) > MaxKeyLen:
+		return fmt.Errorf("%w: key longer than %d bytes", ErrInvalid, MaxKeyLen)
+	}
+	return CheckText("key", key)
+}
+
+// CheckText validates text that a backend must store verbatim: valid UTF-8
+// without NUL bytes (PostgreSQL's text type refuses both).
+func CheckText(what, s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalid, what)
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalid, what)
+	}
+	return nil
+}
+
+// CheckReplica validates r before Heartbeat stores it.
+func CheckReplica(r Replica) error {
+	if r.ID == "" {
+		return fmt.Errorf("%w: replica without an ID", ErrInvalid)
+	}
+	for _, f := range []struct{ name, v string }{
+		{"replica id", r.ID}, {"hostname", r.Hostname}, {"version", r.Version}, {"config hash", r.ConfigHash},
+	} {
+		if err := CheckText(f.name, f.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Timestamp normalises t the way every Store stores times: UTC, truncated to
+// microseconds.
+func Timestamp(t time.Time) time.Time {
+	return t.UTC().Truncate(time.Microsecond)
+}
