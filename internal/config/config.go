@@ -449,7 +449,9 @@ type BudgetTrigger struct {
 
 // Load reads path, expands variables, decodes strictly, applies defaults
 // and validates. On any problem it returns a Problems error listing every
-// problem found; reading errors are reported the same way.
+// problem found; reading errors are reported the same way. getenv is
+// injected so tests and `opsd config check` control the environment; an
+// empty result counts as unset, and a nil getenv sets nothing.
 func Load(path string, getenv func(string) string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -3,8 +3,11 @@ package config
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -621,5 +624,32 @@ func TestProblemsError(t *testing.T) {
 	want := "a.yaml: whole file\na.yaml:1:2: a\na.yaml:1:9: b\na.yaml:3:5: c\na.yaml:7: no column"
 	if got := ps.Error(); got != want {
 		t.Errorf("Error() =\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestSecretRedacts(t *testing.T) {
+	type holder struct {
+		DSN Secret
+		Env map[string]Secret
+	}
+	h := holder{DSN: "postgres://u:hunter2@h/db", Env: map[string]Secret{"K": "hunter2"}}
+	var logged strings.Builder
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("x", "dsn", h.DSN)
+	js, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, out := range []string{
+		fmt.Sprint(h), fmt.Sprintf("%+v", h), fmt.Sprintf("%#v", h), fmt.Sprintf("%v", h.Env), string(js), logged.String(),
+	} {
+		if strings.Contains(out, "hunter2") {
+			t.Errorf("secret shown in %s", out)
+		}
+	}
+	if string(h.DSN) != "postgres://u:hunter2@h/db" {
+		t.Errorf("string(Secret) = %q, want the value", string(h.DSN))
+	}
+	if got := Secret("").String(); got != "" {
+		t.Errorf(`Secret("").String() = %q, want ""`, got)
 	}
 }

@@ -141,6 +141,10 @@ func (c Cron) Schedule() (cron.Schedule, error) { return parseCron(string(c)) }
 // parseCron parses spec and refuses one that can never fire, such as
 // "0 0 30 2 *" (robfig/cron then returns the zero time from Next).
 func parseCron(spec string) (cron.Schedule, error) {
+	// robfig/cron v3.0.1 panics on a time zone prefix with nothing after it.
+	if (strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=")) && !strings.Contains(spec, " ") {
+		return nil, errors.New("a time zone prefix needs a schedule after it")
+	}
 	sched, err := cronParser.Parse(spec)
 	if err != nil {
 		return nil, err
