@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/opsd-dev/opsd/internal/action"
+	"github.com/opsd-dev/opsd/internal/config"
 	"github.com/opsd-dev/opsd/internal/state"
 	"github.com/opsd-dev/opsd/internal/state/postgres"
 	"github.com/opsd-dev/opsd/internal/state/sqlite"
@@ -381,11 +383,12 @@ func (e *Engine) Job(ctx context.Context, id int64) (JobInfo, error) {
 	return jobInfo(row), nil
 }
 
-// ParseSchedule parses a cron spec the way opsd's configuration does: five
-// fields, descriptors (@hourly, @daily, ...), @every <duration> and an
-// optional CRON_TZ=<zone> prefix.
+// ParseSchedule parses a cron spec with the configuration's parser
+// (config.Cron): five fields, descriptors (@hourly, @daily, ...),
+// @every <duration> and an optional CRON_TZ=<zone> prefix; a spec that can
+// never fire is refused.
 func ParseSchedule(spec string) (cron.Schedule, error) {
-	s, err := cron.ParseStandard(spec)
+	s, err := config.Cron(spec).Schedule()
 	if err != nil {
 		return nil, fmt.Errorf("schedule %q: %w", spec, err)
 	}
@@ -394,10 +397,13 @@ func ParseSchedule(spec string) (cron.Schedule, error) {
 
 // AddPeriodic registers a job inserted each time spec fires, by whichever
 // replica is River's leader. Jobs it inserts run as actor
-// {kind: scheduler, name: name}. name must be unique and match
-// [A-Za-z0-9_][A-Za-z0-9_\-\[\]<>/.:+]+. It may be called before or while
-// Run runs.
+// {kind: scheduler, name: name}. name must be unique, 2-127 characters of
+// letters, digits and _-[]<>/.·:+ (River's rule for periodic job IDs). It
+// may be called before or while Run runs.
 func (e *Engine) AddPeriodic(name, spec string, construct func() (river.JobArgs, *river.InsertOpts)) error {
+	if err := checkPeriodicName(name); err != nil {
+		return err
+	}
 	sched, err := ParseSchedule(spec)
 	if err != nil {
 		return fmt.Errorf("jobs: periodic %q: %w", name, err)
@@ -422,6 +428,48 @@ func (e *Engine) AddPeriodic(name, spec string, construct func() (river.JobArgs,
 	}, &river.PeriodicJobOpts{ID: name})
 	if _, err := e.client.PeriodicJobs().AddSafely(pj); err != nil {
 		return fmt.Errorf("jobs: periodic %q: %w", name, err)
+	}
+	return nil
+}
+
+// periodicName is River's rule for periodic job IDs, checked up front so
+// that ReplacePeriodic cannot fail halfway.
+var periodicName = regexp.MustCompile(`\A[\w][\w\-\[\]<>/.·:+]+\z`)
+
+func checkPeriodicName(name string) error {
+	if len(name) >= 128 || !periodicName.MatchString(name) {
+		return fmt.Errorf("jobs: periodic name %q: want 2-127 characters of letters, digits and _-[]<>/.·:+", name)
+	}
+	return nil
+}
+
+// RemovePeriodic unregisters the periodic job name; it reports whether
+// there was one.
+func (e *Engine) RemovePeriodic(name string) bool {
+	return e.client.PeriodicJobs().RemoveByID(name)
+}
+
+// ReplacePeriodic makes ps the complete set of periodic jobs (for a config
+// reload). Every spec is checked first; on error nothing changes.
+func (e *Engine) ReplacePeriodic(ps []Periodic) error {
+	seen := map[string]bool{}
+	for _, p := range ps {
+		if _, err := ParseSchedule(p.Spec); err != nil {
+			return fmt.Errorf("jobs: periodic %q: %w", p.Name, err)
+		}
+		if err := checkPeriodicName(p.Name); err != nil {
+			return err
+		}
+		if p.Construct == nil || seen[p.Name] {
+			return fmt.Errorf("jobs: periodic %q: duplicate name or no constructor", p.Name)
+		}
+		seen[p.Name] = true
+	}
+	e.client.PeriodicJobs().Clear()
+	for _, p := range ps {
+		if err := e.AddPeriodic(p.Name, p.Spec, p.Construct); err != nil {
+			return err
+		}
 	}
 	return nil
 }

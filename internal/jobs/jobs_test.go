@@ -506,6 +506,37 @@ func TestSharedWorkPostgres(t *testing.T) {
 	}
 }
 
+func TestReplacePeriodic(t *testing.T) {
+	s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), sqlite.FileName), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	e, err := New(t.Context(), s, Options{Dispatcher: action.NewDispatcher(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping := func() (river.JobArgs, *river.InsertOpts) { return PingArgs{}, nil }
+	if err := e.AddPeriodic("p-a", "@hourly", ping); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.AddPeriodic("p-a", "@daily", ping); err == nil {
+		t.Error("AddPeriodic(duplicate name) succeeded, want error")
+	}
+	if err := e.ReplacePeriodic([]Periodic{{Name: "p-b", Spec: "@daily", Construct: ping}, {Name: "p-c", Spec: "nope", Construct: ping}}); err == nil {
+		t.Error("ReplacePeriodic(with a bad spec) succeeded, want error")
+	}
+	if !e.RemovePeriodic("p-a") {
+		t.Error(`RemovePeriodic("p-a") = false after a failed ReplacePeriodic, want true (nothing changed)`)
+	}
+	if err := e.ReplacePeriodic([]Periodic{{Name: "p-b", Spec: "@daily", Construct: ping}}); err != nil {
+		t.Fatalf("ReplacePeriodic = %v", err)
+	}
+	if !e.RemovePeriodic("p-b") || e.RemovePeriodic("p-a") {
+		t.Error("after ReplacePeriodic([b]), want b registered and a gone")
+	}
+}
+
 func TestNewValidates(t *testing.T) {
 	s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), sqlite.FileName), nil)
 	if err != nil {
@@ -518,7 +549,9 @@ func TestNewValidates(t *testing.T) {
 	}{
 		{"no dispatcher", Options{}},
 		{"rescue below timeout", Options{Dispatcher: action.NewDispatcher(nil), JobTimeout: time.Hour, RescueStuckJobsAfter: time.Minute}},
-		{"bad periodic spec", Options{Dispatcher: action.NewDispatcher(nil), Periodic: []Periodic{{Name: "p", Spec: "every day",
+		{"bad periodic name", Options{Dispatcher: action.NewDispatcher(nil), Periodic: []Periodic{{Name: "x", Spec: "@daily",
+			Construct: func() (river.JobArgs, *river.InsertOpts) { return PingArgs{}, nil }}}}},
+		{"bad periodic spec", Options{Dispatcher: action.NewDispatcher(nil), Periodic: []Periodic{{Name: "pp", Spec: "every day",
 			Construct: func() (river.JobArgs, *river.InsertOpts) { return PingArgs{}, nil }}}}},
 	}
 	for _, tt := range tests {
@@ -541,6 +574,8 @@ func TestParseSchedule(t *testing.T) {
 		{spec: "CRON_TZ=Europe/Paris 0 12 * * *", want: time.Date(2026, 3, 2, 11, 0, 0, 0, time.UTC)},
 		{spec: "0 0 4 * * *", wantErr: true}, // seconds field is not part of the config syntax
 		{spec: "every day", wantErr: true},
+		{spec: "CRON_TZ=Europe/Paris", wantErr: true}, // robfig/cron would panic
+		{spec: "0 0 30 2 *", wantErr: true},           // never fires
 	}
 	for _, tt := range tests {
 		s, err := ParseSchedule(tt.spec)
