@@ -63,9 +63,10 @@ func ParseCheckpoint(text string) (Checkpoint, error) {
 func OpenCheckpoint(signed []byte, v note.Verifier) (Checkpoint, error) {
 	n, err := note.Open(signed, note.VerifierList(v))
 	if err != nil {
-		var unknown *note.UnknownVerifierError
-		if errors.As(err, &unknown) {
-			return Checkpoint{}, fmt.Errorf("checkpoint not signed by the trusted key %s+%08x (signed by %s+%08x)", v.Name(), v.KeyHash(), unknown.Name, unknown.KeyHash)
+		var unverified *note.UnverifiedNoteError
+		if errors.As(err, &unverified) && len(unverified.Note.UnverifiedSigs) > 0 {
+			s := unverified.Note.UnverifiedSigs[0]
+			return Checkpoint{}, fmt.Errorf("checkpoint not signed by the trusted key %s+%08x (signed by %s+%08x)", v.Name(), v.KeyHash(), s.Name, s.Hash)
 		}
 		return Checkpoint{}, fmt.Errorf("checkpoint signature: %w", err)
 	}

@@ -108,13 +108,20 @@ func (r *Report) WriteText(w io.Writer) error {
 	if r.FirstTime != nil && r.LastTime != nil {
 		fmt.Fprintf(&b, "Entries from %s to %s\n", r.FirstTime.Format(time.RFC3339), r.LastTime.Format(time.RFC3339))
 	}
-	fmt.Fprintf(&b, "\n%d/%d entries valid in %d segments\n", r.EntriesChecked, r.TreeSize, r.SegmentsChecked)
+	if r.Failure == nil {
+		fmt.Fprintf(&b, "\n%d/%d entries valid in %d segments\n", r.EntriesChecked, r.TreeSize, r.SegmentsChecked)
+	} else {
+		fmt.Fprintf(&b, "\n%d entries valid in %d segments before the first problem\n", r.EntriesChecked, r.SegmentsChecked)
+	}
 	fmt.Fprintf(&b, "%d checkpoints valid; latest signs tree size %d\n", r.CheckpointsChecked, r.LatestCheckpoint)
 	if r.Root != "" {
 		fmt.Fprintf(&b, "Tree root at size %d: %s\n", r.TreeSize, r.Root)
 	}
 	for _, wr := range r.Witnesses {
-		fmt.Fprintf(&b, "Witness %s: %s (size %d)", wr.Name, wr.Result, wr.Size)
+		if wr.Result == "" {
+			wr.Result = "not compared"
+		}
+		fmt.Fprintf(&b, "Witness %s: %s (newest checkpoint size %d)", wr.Name, wr.Result, wr.Size)
 		if wr.Error != "" {
 			fmt.Fprintf(&b, ": %s", wr.Error)
 		}
