@@ -128,4 +128,3 @@ func TestIndependentVerifier(t *testing.T) {
 		})
 	}
 }
-
