@@ -287,6 +287,15 @@ func (l *Log) openSegments(firsts []int64) ([]cut, error) {
 			return nil, err
 		}
 		l.seg = f
+		if st, err := f.Stat(); err == nil && st.Size() < segHeaderSize {
+			// A crash while the segment was being created: it holds no entry.
+			if _, err := f.WriteAt(segHeader(first), 0); err != nil {
+				return nil, fmt.Errorf("rewrite header of %s: %w", segName(first), err)
+			}
+			if err := f.Sync(); err != nil {
+				return nil, fmt.Errorf("rewrite header of %s: %w", segName(first), err)
+			}
+		}
 		res, err := scanSegment(f, first)
 		if err != nil {
 			return nil, fmt.Errorf("%w: segment %s: %v", ErrCorrupt, segName(first), err)

@@ -490,3 +490,28 @@ func TestWait(t *testing.T) {
 		t.Errorf("Wait = %v, want deadline", err)
 	}
 }
+
+func TestCrashWhileCreatingSegment(t *testing.T) {
+	dir := t.TempDir()
+	key := testKey(t, "opsd.test/newseg")
+	l := openLog(t, dir, key)
+	fill(t, l, 0, 4)
+	l.Close()
+	// Sealed segment 0 with its idx, and segment 5 created but its header
+	// never written, as a crash during rotation leaves them.
+	if err := writeIdx(OSFS{}, dir, 0, l.segs[0].offsets); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, segName(5)), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l = openLog(t, dir, key)
+	fill(t, l, 4, 3)
+	if l.Size() != 8 {
+		t.Errorf("Size() = %d, want 8", l.Size())
+	}
+	l.Close()
+	if rep, _ := Verify(context.Background(), dir, key.Verifier, nil); rep.Status() != StatusIntact || rep.SegmentsChecked != 2 {
+		t.Errorf("Verify = %s %+v (%d segments)", rep.Status(), rep.Failure, rep.SegmentsChecked)
+	}
+}

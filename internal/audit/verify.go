@@ -57,7 +57,7 @@ type Failure struct {
 type WitnessResult struct {
 	Name   string `json:"name"`
 	Size   int64  `json:"size"`
-	Result string `json:"result"` // consistent | none | newer-than-log | mismatch | invalid | error
+	Result string `json:"result"` // consistent | not-compared | none | newer-than-log | mismatch | invalid | error
 	Error  string `json:"error,omitempty"`
 }
 
@@ -118,9 +118,6 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "Tree root at size %d: %s\n", r.TreeSize, r.Root)
 	}
 	for _, wr := range r.Witnesses {
-		if wr.Result == "" {
-			wr.Result = "not compared"
-		}
 		fmt.Fprintf(&b, "Witness %s: %s (newest checkpoint size %d)", wr.Name, wr.Result, wr.Size)
 		if wr.Error != "" {
 			fmt.Fprintf(&b, ": %s", wr.Error)
@@ -425,7 +422,7 @@ func (vr *verifyRun) readWitnesses(ctx context.Context, witnesses []Witness) boo
 				vr.fail(StatusTampered, Failure{Witness: res.Name, Reason: "witness checkpoint: " + err.Error()})
 				return false
 			}
-			res.Size = c.Size
+			res.Size, res.Result = c.Size, "not-compared"
 			vr.wsizes = append(vr.wsizes, witnessAt{res: res, c: c})
 		}
 	}
