@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/opsd-dev/opsd/internal/config"
+)
+
+// Exit codes (SPEC §3).
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// env is what every command gets: the process's environment and streams,
+// injected so tests call run directly.
+type env struct {
+	getenv func(string) string
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// command is one CLI command.
+type command struct {
+	name    string // words after "opsd", e.g. "config check"
+	summary string
+	run     func(ctx context.Context, e *env, args []string) error
+}
+
+// usageError marks bad usage: exit 2.
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+// exitError carries a specific exit code, e.g. 1 for "audit log tampered".
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+func (e exitError) Unwrap() error { return e.err }
+
+func commands() []command {
+	return []command{
+		{"serve", "run the daemon", runServe},
+		{"config check", "validate a config file offline; every problem as file:line:col", runConfigCheck},
+		{"keygen", "make an Ed25519 signing key (and an age identity on request)", runKeygen},
+		{"version", "print version, commit and Go version", runVersion},
+		{"status", "daemon status: sources, backups, drills, alerts, budgets", runStatus},
+	}
+}
+
+// run executes the CLI and returns the process exit code.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
+	cmds := commands()
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		printUsage(stdout, cmds)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	cmd, rest, ok := findCommand(cmds, args)
+	if !ok {
+		fmt.Fprintf(stderr, "opsd: unknown command %q\n\n", strings.Join(args, " "))
+		printUsage(stderr, cmds)
+		return exitUsage
+	}
+	err := cmd.run(ctx, e, rest)
+	return exitCode(stderr, cmd.name, err)
+}
+
+func exitCode(stderr io.Writer, name string, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var (
+		usage    usageError
+		problems config.Problems
+		ex       exitError
+	)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "opsd %s: %s\n", name, usage.msg)
+		return exitUsage
+	case errors.As(err, &problems):
+		for _, p := range problems {
+			fmt.Fprintln(stderr, p.String())
+		}
+		fmt.Fprintf(stderr, "opsd %s: %d problem(s) in the configuration\n", name, len(problems))
+		return exitUsage
+	case errors.As(err, &ex):
+		if ex.err != nil {
+			fmt.Fprintf(stderr, "opsd %s: %v\n", name, ex.err)
+		}
+		return ex.code
+	default:
+		fmt.Fprintf(stderr, "opsd %s: %v\n", name, err)
+		return exitFailure
+	}
+}
+
+// findCommand matches the longest command name at the start of args.
+func findCommand(cmds []command, args []string) (command, []string, bool) {
+	var best command
+	bestLen := 0
+	for _, c := range cmds {
+		words := strings.Fields(c.name)
+		if len(words) <= len(args) && len(words) > bestLen && equalWords(words, args[:len(words)]) {
+			best, bestLen = c, len(words)
+		}
+	}
+	return best, args[bestLen:], bestLen > 0
+}
+
+func equalWords(a, b []string) bool {
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func printUsage(w io.Writer, cmds []command) {
+	fmt.Fprintln(w, "usage: opsd <command> [flags]")
+	fmt.Fprintln(w)
+	sort.Slice(cmds, func(i, j int) bool { return cmds[i].name < cmds[j].name })
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-16s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Commands that talk to a running daemon use --addr (OPSD_ADDR, default http://127.0.0.1:8470) and OPSD_TOKEN.")
+	fmt.Fprintln(w, "Exit status: 0 success, 1 failure, 2 bad usage or configuration.")
+}
+
+// newFlags returns a flag set for a command that reports errors as usage
+// errors instead of exiting.
+func newFlags(e *env, name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("opsd "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	return fs
+}
+
+// parseFlags parses args, turning flag errors into usage errors and
+// rejecting stray positional arguments beyond max.
+func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	if fs.NArg() > maxArgs {
+		return usageError{fmt.Sprintf("unexpected arguments: %s", strings.Join(fs.Args()[maxArgs:], " "))}
+	}
+	return nil
+}
+
+// configPath resolves --config, then OPSD_CONFIG, then the default.
+func configPath(e *env, flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if p := e.getenv("OPSD_CONFIG"); p != "" {
+		return p
+	}
+	return "/etc/opsd/opsd.yaml"
+}

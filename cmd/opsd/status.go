@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// statusView is the part of GET /api/v1/status the table shows; --json
+// prints the whole document.
+type statusView struct {
+	Version struct {
+		Version string `json:"version"`
+		Commit  string `json:"commit"`
+	} `json:"version"`
+	Replica       string    `json:"replica"`
+	StartedAt     time.Time `json:"started_at"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	StateStore    string    `json:"state_store"`
+	ConfigHash    string    `json:"config_hash"`
+	Audit         *struct {
+		TreeSize int64  `json:"tree_size"`
+		Healthy  bool   `json:"healthy"`
+		Error    string `json:"error"`
+	} `json:"audit"`
+	Sources []struct {
+		Name     string    `json:"name"`
+		Type     string    `json:"type"`
+		Schedule string    `json:"schedule"`
+		NextRun  time.Time `json:"next_run"`
+		Targets  []string  `json:"targets"`
+		Policy   string    `json:"policy"`
+		Level    *string   `json:"level"`
+	} `json:"sources"`
+	Runs    []json.RawMessage `json:"runs"`
+	Alerts  []json.RawMessage `json:"alerts"`
+	Budgets []json.RawMessage `json:"budgets"`
+}
+
+func runStatus(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "status")
+	newClient := clientFlags(e, fs)
+	asJSON := fs.Bool("json", false, "machine-readable output")
+	if err := parseFlags(fs, args, 0); err != nil {
+		return err
+	}
+	c, err := newClient()
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return c.do(ctx, "GET", "/api/v1/status", nil, e.stdout)
+	}
+	var st statusView
+	if err := c.do(ctx, "GET", "/api/v1/status", nil, &st); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "opsd %s (%s), up %s, state %s, config %s\n", st.Version.Version, short(st.Version.Commit),
+		(time.Duration(st.UptimeSeconds) * time.Second).String(), st.StateStore, short(st.ConfigHash))
+	if st.Audit != nil {
+		health := "healthy"
+		if !st.Audit.Healthy {
+			health = "UNHEALTHY: " + st.Audit.Error
+		}
+		fmt.Fprintf(e.stdout, "audit log: %d entries, %s\n", st.Audit.TreeSize, health)
+	}
+	fmt.Fprintln(e.stdout)
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tTYPE\tSCHEDULE\tNEXT RUN\tTARGETS\tPOLICY\tLEVEL")
+	for _, s := range st.Sources {
+		level := "-"
+		if s.Level != nil {
+			level = *s.Level
+		}
+		next := "-"
+		if !s.NextRun.IsZero() {
+			next = s.NextRun.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Type, s.Schedule, next, strings.Join(s.Targets, ","), dash(s.Policy), level)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "\nruns: %d running, alerts: %d firing, budgets: %d\n", len(st.Runs), len(st.Alerts), len(st.Budgets))
+	return nil
+}
+
+func short(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
