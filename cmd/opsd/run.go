@@ -61,6 +61,9 @@ func commands() []command {
 		{"keygen", "make an Ed25519 signing key (and an age identity on request)", runKeygen},
 		{"version", "print version, commit and Go version", runVersion},
 		{"status", "daemon status: sources, backups, drills, alerts, budgets", runStatus},
+		{"audit verify", "check the audit log offline: exit 0 intact, 1 tampered, 2 cannot verify", runAuditVerify},
+		{"audit tail", "print the newest audit entries (--follow for new ones)", runAuditTail},
+		{"audit prove", "prove an entry is in the signed tree", runAuditProve},
 	}
 }
 
