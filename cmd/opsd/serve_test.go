@@ -61,21 +61,21 @@ func TestMain(m *testing.M) {
 const testToken = "test-admin-token"
 
 // writeConfig writes an opsd.yaml into dir and returns its path.
-func writeConfig(t *testing.T, dir, extra string) string {
+func writeConfig(t *testing.T, dir, extra string, serverExtra ...string) string {
 	t.Helper()
 	sum := sha256.Sum256([]byte(testToken))
 	cfg := fmt.Sprintf(`data_dir: ./data
 server:
   listen: 127.0.0.1:0
   shutdown_grace: 5s
-  tokens:
+%s  tokens:
     - {name: root, role: admin, sha256: %s}
 targets:
   local: {type: local, path: ./backups}
 audit:
   origin: opsd.test/daemon
   checkpoint_interval: 1s
-%s`, hex.EncodeToString(sum[:]), extra)
+%s`, strings.Join(serverExtra, ""), hex.EncodeToString(sum[:]), extra)
 	path := filepath.Join(dir, "opsd.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -129,8 +129,12 @@ func startDaemon(t *testing.T, config string, wantReady bool) *daemonProc {
 				return
 			}
 			for _, line := range strings.Split(string(buf[:n]), "\n") {
-				if !strings.HasPrefix(line, "MONOTONIC_USEC") && !strings.HasPrefix(line, "STATUS=") {
-					d.notify <- line
+				if strings.HasPrefix(line, "MONOTONIC_USEC") || strings.HasPrefix(line, "STATUS=") {
+					continue
+				}
+				select {
+				case d.notify <- line:
+				default: // like systemd, never block the daemon's notifications
 				}
 			}
 		}
