@@ -1,0 +1,7 @@
+#!/bin/sh
+# make bench: every performance benchmark, each beside its baseline measured
+# in the same run. One script per area; add new ones here.
+set -eu
+cd "$(dirname "$0")/.."
+echo "== audit log (internal/audit) =="
+./bench/audit.sh
