@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opsd-dev/opsd/internal/httpapi/apitest"
 	"github.com/opsd-dev/opsd/internal/state/pgtest"
 )
 
@@ -221,7 +222,8 @@ func (d *daemonProc) wait(t *testing.T) int {
 	return d.cmd.ProcessState.ExitCode()
 }
 
-// api calls the daemon and decodes the JSON answer.
+// api calls the daemon, checks the answer against the OpenAPI document
+// and decodes it.
 func (d *daemonProc) api(t *testing.T, method, path, token string, out any) int {
 	t.Helper()
 	req, _ := http.NewRequest(method, "http://"+d.addr+path, nil)
@@ -233,12 +235,34 @@ func (d *daemonProc) api(t *testing.T, method, path, token string, out any) int 
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read: %v", method, path, err)
+	}
+	if err := openAPI(t).Check(req, resp.StatusCode, resp.Header, body); err != nil {
+		t.Error(err)
+	}
 	if out != nil {
-		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		if err := json.Unmarshal(body, out); err != nil {
 			t.Fatalf("%s %s: decode: %v", method, path, err)
 		}
 	}
 	return resp.StatusCode
+}
+
+var (
+	validatorOnce sync.Once
+	validator     *apitest.Validator
+	validatorErr  error
+)
+
+func openAPI(t *testing.T) *apitest.Validator {
+	t.Helper()
+	validatorOnce.Do(func() { validator, validatorErr = apitest.New() })
+	if validatorErr != nil {
+		t.Fatal(validatorErr)
+	}
+	return validator
 }
 
 func (d *daemonProc) configHash(t *testing.T) string {
@@ -279,6 +303,23 @@ func TestDaemonLifecycle(t *testing.T) {
 	if code, _, _ := cli(t, map[string]string{"OPSD_ADDR": d.addr, "OPSD_TOKEN": "wrong"}, "status"); code != exitFailure {
 		t.Errorf("opsd status with a bad token = %d, want 1", code)
 	}
+
+	t.Run("metrics", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", "http://"+d.addr+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, m := range []string{"opsd_build_info{", "opsd_audit_tree_size ", "opsd_audit_append_seconds_bucket", "opsd_audit_checkpoint_age_seconds ",
+			"opsd_audit_append_failures_total ", "opsd_http_requests_total{", "go_goroutines ", "process_resident_memory_bytes "} {
+			if !strings.Contains(string(body), m) {
+				t.Errorf("/metrics lacks %s", m)
+			}
+		}
+	})
 
 	t.Run("second daemon on the same data_dir refuses", func(t *testing.T) {
 		d2 := startDaemon(t, cfgPath, false)
@@ -468,6 +509,17 @@ func TestDaemonOnPostgres(t *testing.T) {
 	}
 	if code := d.api(t, "GET", "/api/v1/status", testToken, &st); code != 200 || st.StateStore != "postgres" {
 		t.Errorf("status = %d %+v, want state_store postgres", code, st)
+	}
+	var cl struct {
+		StateStore string `json:"state_store"`
+		Self       string `json:"self"`
+		Replicas   []struct {
+			ID    string `json:"id"`
+			Alive bool   `json:"alive"`
+		} `json:"replicas"`
+	}
+	if code := d.api(t, "GET", "/api/v1/cluster", testToken, &cl); code != 200 || len(cl.Replicas) != 1 || cl.Replicas[0].ID != cl.Self || !cl.Replicas[0].Alive {
+		t.Errorf("cluster = %d %+v, want this replica alive", code, cl)
 	}
 	if strings.Contains(d.stderr.String(), dsn) {
 		t.Errorf("the daemon log contains the state DSN")

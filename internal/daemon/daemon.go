@@ -143,6 +143,7 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 		Gatherer:   d.registry,
 		Ready:      d.readiness,
 		Status:     d.status,
+		Cluster:    d.cluster,
 		Reload:     d.reloadFromAPI,
 		Audit:      auditAPI{d.audit},
 	}, apiSettings(cfg), d.registry)
@@ -329,6 +330,9 @@ func (d *Daemon) healthy(ctx context.Context) error {
 	return nil
 }
 
+// heartbeatInterval is how often a replica announces itself.
+const heartbeatInterval = 15 * time.Second
+
 // heartbeat records this replica in the state store for the cluster view.
 func (d *Daemon) heartbeat(ctx context.Context) error {
 	host, _ := os.Hostname()
@@ -341,7 +345,7 @@ func (d *Daemon) heartbeat(ctx context.Context) error {
 		}
 	}
 	beat()
-	t := time.NewTicker(15 * time.Second)
+	t := time.NewTicker(heartbeatInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -349,6 +353,10 @@ func (d *Daemon) heartbeat(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			beat()
+			// Rows of replicas gone for a day only clutter the view.
+			if _, err := d.store.PruneReplicas(ctx, time.Now().Add(-24*time.Hour)); err != nil && ctx.Err() == nil {
+				d.log.Warn("prune replicas", "err", err)
+			}
 		}
 	}
 }

@@ -91,3 +91,44 @@ func (d *Daemon) status(ctx context.Context) (any, error) {
 	sort.Slice(st.Targets, func(i, j int) bool { return st.Targets[i].Name < st.Targets[j].Name })
 	return st, nil
 }
+
+// Cluster is GET /api/v1/cluster: the replicas sharing the state store.
+type Cluster struct {
+	StateStore string `json:"state_store"`
+	Self       string `json:"self"`
+	// ConfigDrift is true when live replicas run different configs.
+	ConfigDrift bool            `json:"config_drift"`
+	Replicas    []ReplicaStatus `json:"replicas"`
+}
+
+// ReplicaStatus is one replica's last heartbeat.
+type ReplicaStatus struct {
+	ID         string    `json:"id"`
+	Hostname   string    `json:"hostname"`
+	Version    string    `json:"version"`
+	ConfigHash string    `json:"config_hash"`
+	StartedAt  time.Time `json:"started_at"`
+	SeenAt     time.Time `json:"seen_at"`
+	// Alive is false when the replica missed three heartbeats.
+	Alive bool `json:"alive"`
+}
+
+func (d *Daemon) cluster(ctx context.Context) (any, error) {
+	rs, err := d.store.Replicas(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	c := Cluster{StateStore: d.store.Kind(), Self: d.replicaID, Replicas: []ReplicaStatus{}}
+	hashes := map[string]bool{}
+	for _, r := range rs {
+		alive := now.Sub(r.SeenAt) < 3*heartbeatInterval
+		if alive {
+			hashes[r.ConfigHash] = true
+		}
+		c.Replicas = append(c.Replicas, ReplicaStatus{ID: r.ID, Hostname: r.Hostname, Version: r.Version, ConfigHash: r.ConfigHash,
+			StartedAt: r.StartedAt.UTC(), SeenAt: r.SeenAt.UTC(), Alive: alive})
+	}
+	c.ConfigDrift = len(hashes) > 1
+	return c, nil
+}

@@ -28,7 +28,7 @@ func (s *Server) routes() {
 		{method: "GET", path: "/api/v1/openapi.json", role: RoleViewer, handler: http.HandlerFunc(handleOpenAPI)},
 		{method: "GET", path: "/api/v1/status", role: RoleViewer, handler: http.HandlerFunc(s.handleStatus)},
 		{method: "POST", path: "/api/v1/reload", role: RoleAdmin, action: "config.reload", handler: http.HandlerFunc(s.handleReload)},
-		{method: "GET", path: "/api/v1/cluster", role: RoleViewer, handler: notYet("the cluster view")},
+		{method: "GET", path: "/api/v1/cluster", role: RoleViewer, handler: http.HandlerFunc(s.handleCluster)},
 
 		// Audit log (SPEC §10).
 		{method: "GET", path: "/api/v1/audit/checkpoint", role: RoleViewer, handler: http.HandlerFunc(s.handleAuditCheckpoint)},

@@ -55,6 +55,8 @@ type Deps struct {
 	// Reload validates and loads the config file; on error the running
 	// config stays. A *ConfigError lists the problems.
 	Reload func(ctx context.Context) error
+	// Cluster builds GET /api/v1/cluster.
+	Cluster func(ctx context.Context) (any, error)
 	// Audit serves the audit-log routes.
 	Audit AuditLog
 }

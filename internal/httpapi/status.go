@@ -1,19 +1,29 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"net/http"
 )
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	if s.deps.Status == nil {
-		writeProblem(w, r, probUnavailable.with("status not available yet"))
+	s.serveDocument(w, r, "status", s.deps.Status)
+}
+
+func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
+	s.serveDocument(w, r, "cluster view", s.deps.Cluster)
+}
+
+// serveDocument answers with the JSON document build makes.
+func (s *Server) serveDocument(w http.ResponseWriter, r *http.Request, what string, build func(context.Context) (any, error)) {
+	if build == nil {
+		writeProblem(w, r, probUnavailable.with(what+" not available"))
 		return
 	}
-	st, err := s.deps.Status(r.Context())
+	st, err := build(r.Context())
 	if err != nil {
-		s.log.Error("build status", "err", err, "request_id", requestIDFrom(r.Context()))
-		writeProblem(w, r, probInternal.with("could not build status; see the daemon log for request "+requestIDFrom(r.Context())))
+		s.log.Error("build "+what, "err", err, "request_id", requestIDFrom(r.Context()))
+		writeProblem(w, r, probInternal.with("could not build the "+what+"; see the daemon log for request "+requestIDFrom(r.Context())))
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
