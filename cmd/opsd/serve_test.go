@@ -141,7 +141,8 @@ func startDaemon(t *testing.T, config string, wantReady bool) *daemonProc {
 		}
 	}()
 	d.cmd = exec.Command(opsdBinary(t), "serve", "--config", config)
-	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	// WATCHDOG_USEC turns on the systemd watchdog the way systemd does.
+	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000")
 	pr, pw := io.Pipe()
 	d.cmd.Stderr = io.MultiWriter(d.stderr, pw)
 	if err := d.cmd.Start(); err != nil {
@@ -303,6 +304,11 @@ func TestDaemonLifecycle(t *testing.T) {
 	if code, _, _ := cli(t, map[string]string{"OPSD_ADDR": d.addr, "OPSD_TOKEN": "wrong"}, "status"); code != exitFailure {
 		t.Errorf("opsd status with a bad token = %d, want 1", code)
 	}
+
+	t.Run("watchdog is petted while healthy", func(t *testing.T) {
+		d.drainNotify()
+		d.expectNotify(t, "WATCHDOG=1")
+	})
 
 	t.Run("metrics", func(t *testing.T) {
 		req, _ := http.NewRequest("GET", "http://"+d.addr+"/metrics", nil)
