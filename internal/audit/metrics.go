@@ -33,7 +33,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "opsd_audit_witness_failures_total", Help: "Checkpoint pushes to a witness that failed."}, []string{"witness"}),
 	}
 	m.checkpointAge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "opsd_audit_checkpoint_age_seconds", Help: "Seconds since the latest audit checkpoint was signed."},
+		Name: "opsd_audit_checkpoint_age_seconds", Help: "Seconds since the whole audit log was last covered by a signed checkpoint (0 until the first)."},
 		func() float64 {
 			last := m.lastCheckpoint.Load()
 			if last == 0 {
