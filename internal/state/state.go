@@ -111,6 +111,14 @@ func CheckKey(key string) error {
 	return CheckText("key", key)
 }
 
+// CheckKV validates a key and its value.
+func CheckKV(key, value string) error {
+	if err := CheckKey(key); err != nil {
+		return err
+	}
+	return CheckText("value", value)
+}
+
 // CheckText validates text that a backend must store verbatim: valid UTF-8
 // without NUL bytes (PostgreSQL's text type refuses both).
 func CheckText(what, s string) error {

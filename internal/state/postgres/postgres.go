@@ -212,13 +212,6 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 	return v, nil
 }
 
-func checkKV(key, value string) error {
-	if err := state.CheckKey(key); err != nil {
-		return err
-	}
-	return state.CheckText("value", value)
-}
-
 // GetValue returns key's value.
 func (s *Store) GetValue(ctx context.Context, key string) (string, bool, error) {
 	if err := s.check(); err != nil {
@@ -243,7 +236,7 @@ func (s *Store) PutValue(ctx context.Context, key, value string) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	if err := checkKV(key, value); err != nil {
+	if err := state.CheckKV(key, value); err != nil {
 		return fmt.Errorf("put %q: %w", key, err)
 	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO opsd_kv (key, value, updated_at) VALUES ($1, $2, $3)
@@ -260,7 +253,7 @@ func (s *Store) CreateValue(ctx context.Context, key, value string) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	if err := checkKV(key, value); err != nil {
+	if err := state.CheckKV(key, value); err != nil {
 		return fmt.Errorf("create %q: %w", key, err)
 	}
 	tag, err := s.pool.Exec(ctx, `INSERT INTO opsd_kv (key, value, updated_at) VALUES ($1, $2, $3)
@@ -280,7 +273,7 @@ func (s *Store) CompareAndSwapValue(ctx context.Context, key, old, new string) e
 	if err := s.check(); err != nil {
 		return err
 	}
-	if err := checkKV(key, new); err != nil {
+	if err := state.CheckKV(key, new); err != nil {
 		return fmt.Errorf("compare-and-swap %q: %w", key, err)
 	}
 	var swapped, exists bool

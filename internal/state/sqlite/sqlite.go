@@ -232,19 +232,12 @@ func (s *Store) GetValue(ctx context.Context, key string) (string, bool, error) 
 	return v, true, nil
 }
 
-func checkKV(key, value string) error {
-	if err := state.CheckKey(key); err != nil {
-		return err
-	}
-	return state.CheckText("value", value)
-}
-
 // PutValue stores value under key.
 func (s *Store) PutValue(ctx context.Context, key, value string) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	if err := checkKV(key, value); err != nil {
+	if err := state.CheckKV(key, value); err != nil {
 		return fmt.Errorf("put %q: %w", key, err)
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT INTO opsd_kv (key, value, updated_at) VALUES (?, ?, ?)
@@ -261,7 +254,7 @@ func (s *Store) CreateValue(ctx context.Context, key, value string) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	if err := checkKV(key, value); err != nil {
+	if err := state.CheckKV(key, value); err != nil {
 		return fmt.Errorf("create %q: %w", key, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO opsd_kv (key, value, updated_at) VALUES (?, ?, ?)
@@ -282,7 +275,7 @@ func (s *Store) CompareAndSwapValue(ctx context.Context, key, old, new string) (
 	if err := s.check(); err != nil {
 		return err
 	}
-	if err := checkKV(key, new); err != nil {
+	if err := state.CheckKV(key, new); err != nil {
 		return fmt.Errorf("compare-and-swap %q: %w", key, err)
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
