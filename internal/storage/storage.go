@@ -1,11 +1,3 @@
-// Package storage is the one interface every place opsd keeps bytes goes
-// through: backup copies, manifests, audit-log witnesses. Implementations
-// live in local/, s3/, gcs/ and mem/; decorators (retry/, metrics/) wrap any
-// of them; storagetest/ is the conformance suite every backend runs.
-//
-// Keys are slash-separated, relative, with no empty, "." or ".." segments
-// (e.g. "orders-db/20261123T074500Z-ab12cd/manifest.json"). A target's
-// prefix is applied by the backend, not by callers.
 package storage
 
 import (
