@@ -214,9 +214,9 @@ func TestExtractTarRefusesEscapes(t *testing.T) {
 func TestManifestCanonicalRoundTrip(t *testing.T) {
 	m := &manifest.Manifest{
 		FormatVersion: manifest.FormatVersion, ID: "20261123T074500Z-ab12cd34", Source: "orders-db", Type: "postgres", Kind: "pgdump",
-		Started:  time.Date(2026, 11, 23, 7, 45, 0, 0, time.FixedZone("CET", 3600)),
-		Finished: time.Date(2026, 11, 23, 7, 46, 0, 0, time.UTC),
-		Objects:  []manifest.Object{{Name: "data.pgdump.zst.age", Size: 10, SHA256: strings.Repeat("ab", 32)}},
+		Started:     time.Date(2026, 11, 23, 7, 45, 0, 0, time.FixedZone("CET", 3600)),
+		Finished:    time.Date(2026, 11, 23, 7, 46, 0, 0, time.UTC),
+		Objects:     []manifest.Object{{Name: "data.pgdump.zst.age", Size: 10, SHA256: strings.Repeat("ab", 32)}},
 		Compression: manifest.Compression{Algorithm: "zstd", Level: 3}, Encryption: manifest.Encryption{Algorithm: "none"},
 		Warnings: []string{"<a & b>"},
 	}
