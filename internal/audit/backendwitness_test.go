@@ -58,4 +58,3 @@ func TestBackendWitness(t *testing.T) {
 		t.Errorf("stored object = %q", buf.String())
 	}
 }
-
