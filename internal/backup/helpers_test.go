@@ -101,6 +101,9 @@ type genSource struct {
 	size int64
 	kind string
 	fail error // returned by Finish when set
+	// block, when set, is served cyclically instead of running the
+	// generator (benchmarks: the source must not be the bottleneck).
+	block []byte
 }
 
 func (g *genSource) Kind() string {
@@ -111,7 +114,11 @@ func (g *genSource) Kind() string {
 }
 
 func (g *genSource) Open(ctx context.Context) (source.Stream, error) {
-	return &genStream{r: io.LimitReader(newGenerator(), g.size), fail: g.fail}, nil
+	var r io.Reader = newGenerator()
+	if g.block != nil {
+		r = &cycle{block: g.block}
+	}
+	return &genStream{r: io.LimitReader(r, g.size), fail: g.fail}, nil
 }
 
 type genStream struct {
@@ -227,3 +234,15 @@ func writeFile(t testing.TB, p, data string, mode os.FileMode, mtime time.Time) 
 }
 
 func idents(k keys) []age.Identity { return []age.Identity{k.identity} }
+
+// cycle repeats block forever.
+type cycle struct {
+	block []byte
+	off   int
+}
+
+func (c *cycle) Read(p []byte) (int, error) {
+	n := copy(p, c.block[c.off:])
+	c.off = (c.off + n) % len(c.block)
+	return n, nil
+}

@@ -182,6 +182,9 @@ func TestPGDumpSelectionAndSecrets(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "older than the PostgreSQL") || !regexp.MustCompile(`postgresql-client-\d+`).MatchString(err.Error()) {
 			t.Fatalf("Run = %v, want a too-old error naming postgresql-client-N", err)
 		}
+		if testing.Verbose() {
+			t.Logf("old pg_dump error: %v", err)
+		}
 		if strings.Contains(err.Error(), password) {
 			t.Errorf("error leaks the password: %v", err)
 		}
@@ -246,6 +249,9 @@ exit 1
 		_, err := backup.Run(ctx, &source.Postgres{DSN: bad}, options(k, "db", "postgres", backends(st...)))
 		if err == nil || !strings.Contains(err.Error(), "connect") {
 			t.Fatalf("Run = %v, want a connect error", err)
+		}
+		if testing.Verbose() {
+			t.Logf("bad DSN error: %v", err)
 		}
 		if strings.Contains(err.Error(), password) {
 			t.Errorf("error leaks the password: %v", err)
