@@ -5,3 +5,6 @@ set -eu
 cd "$(dirname "$0")/.."
 echo "== audit log (internal/audit) =="
 ./bench/audit.sh
+echo
+echo "== backup pipeline (internal/backup) =="
+./bench/backup.sh
