@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/audit"
 	"github.com/opsd-dev/opsd/internal/config"
 	"github.com/opsd-dev/opsd/internal/signing"
+	"github.com/opsd-dev/opsd/internal/storage/location"
 )
 
 // runAuditVerify checks the audit log offline: exit 0 intact, 1 tampered,
@@ -67,10 +69,13 @@ func runAuditVerify(ctx context.Context, e *env, args []string) error {
 		if !ok {
 			return usageError{fmt.Sprintf("--witness %s: no such target in the config", name)}
 		}
-		if t.Type != config.TargetLocal {
-			return exitError{code: 2, err: fmt.Errorf("--witness %s: %s witnesses are not supported in this version (local targets are)", name, t.Type)}
+		b, err := location.NewDefaultRegistry().Open(ctx, name, t, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return exitError{code: 2, err: err}
 		}
-		witnesses = append(witnesses, audit.NewDirWitness(t.Path))
+		defer b.Close()
+		// Reading needs no lock settings.
+		witnesses = append(witnesses, audit.NewBackendWitness(b, "", 0))
 	}
 	for _, d := range witnessDirs {
 		witnesses = append(witnesses, audit.NewDirWitness(d))

@@ -76,6 +76,7 @@ targets:
 audit:
   origin: opsd.test/daemon
   checkpoint_interval: 1s
+  witnesses: [local]
 %s`, strings.Join(serverExtra, ""), hex.EncodeToString(sum[:]), extra)
 	path := filepath.Join(dir, "opsd.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
@@ -347,7 +348,7 @@ func TestDaemonLifecycle(t *testing.T) {
 			Type   string   `json:"type"`
 			Errors []string `json:"errors"`
 		}
-		if code := d.api(t, "POST", "/api/v1/reload", testToken, &prob); code != 422 || len(prob.Errors) != 1 || !strings.Contains(prob.Errors[0], `opsd.yaml:12:1: unknown key "bogus_key"`) {
+		if code := d.api(t, "POST", "/api/v1/reload", testToken, &prob); code != 422 || len(prob.Errors) != 1 || !strings.Contains(prob.Errors[0], `opsd.yaml:13:1: unknown key "bogus_key"`) {
 			t.Errorf("reload = %d %+v, want 422 naming the unknown key", code, prob)
 		}
 		if after := d.configHash(t); after != before {
@@ -447,8 +448,8 @@ func TestDaemonLifecycle(t *testing.T) {
 	}
 
 	t.Run("audit verify offline", func(t *testing.T) {
-		code, out, stderr := cli(t, nil, "audit", "verify", "--config", cfgPath)
-		if code != 0 || !strings.Contains(out, "INTACT") {
+		code, out, stderr := cli(t, nil, "audit", "verify", "--config", cfgPath, "--witness", "local")
+		if code != 0 || !strings.Contains(out, "INTACT") || !strings.Contains(out, "consistent") {
 			t.Fatalf("audit verify = %d\n%s%s", code, out, stderr)
 		}
 		segs, _ := filepath.Glob(filepath.Join(dir, "data", "audit", "seg-*.log"))

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/tlog"
@@ -23,6 +24,9 @@ import (
 	"github.com/opsd-dev/opsd/internal/state"
 	"github.com/opsd-dev/opsd/internal/state/postgres"
 	"github.com/opsd-dev/opsd/internal/state/sqlite"
+	"github.com/opsd-dev/opsd/internal/storage"
+	"github.com/opsd-dev/opsd/internal/storage/location"
+	storagemetrics "github.com/opsd-dev/opsd/internal/storage/metrics"
 )
 
 // auditLog is what the daemon needs of the audit log.
@@ -66,8 +70,8 @@ func (a auditAPI) Entries(from int64, limit int) ([]httpapi.AuditEntry, error) {
 }
 
 // openAudit opens data_dir/audit with the configured witnesses.
-func openAudit(ctx context.Context, cfg *config.Config, key *signing.Key, reg prometheus.Registerer, log *slog.Logger) (*audit.Log, error) {
-	witnesses, err := auditWitnesses(cfg)
+func openAudit(ctx context.Context, cfg *config.Config, key *signing.Key, targets *targetSet, reg prometheus.Registerer, log *slog.Logger) (*audit.Log, error) {
+	witnesses, err := auditWitnesses(ctx, cfg, targets)
 	if err != nil {
 		return nil, err
 	}
@@ -86,23 +90,72 @@ func openAudit(ctx context.Context, cfg *config.Config, key *signing.Key, reg pr
 	return l, err
 }
 
-// auditWitnesses maps audit.witnesses to witness stores. Local targets are
-// directory witnesses; object-store witnesses need the storage backends,
-// and until those exist opsd refuses to start rather than run without a
-// witness the config asks for.
-func auditWitnesses(cfg *config.Config) ([]audit.Witness, error) {
+// auditWitnesses maps audit.witnesses to witness stores on their targets.
+// Checkpoints are object-locked for as long as the target's own lock
+// (S3 object_lock, GCS retention) says.
+func auditWitnesses(ctx context.Context, cfg *config.Config, targets *targetSet) ([]audit.Witness, error) {
 	var out []audit.Witness
 	for _, name := range cfg.Audit.Witnesses {
-		t, ok := cfg.Targets[name]
-		if !ok {
-			return nil, fmt.Errorf("audit witness %q: no such target", name)
+		b, err := targets.get(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("audit witness: %w", err)
 		}
-		if t.Type != config.TargetLocal {
-			return nil, fmt.Errorf("audit witness %q: %s targets cannot be witnesses in this version of opsd (local targets can)", name, t.Type)
-		}
-		out = append(out, audit.NewDirWitness(t.Path))
+		mode, lockFor := witnessLock(cfg.Targets[name])
+		out = append(out, audit.NewBackendWitness(b, mode, lockFor))
 	}
 	return out, nil
+}
+
+func witnessLock(t *config.Target) (string, time.Duration) {
+	switch {
+	case t.ObjectLock != nil:
+		return t.ObjectLock.Mode, time.Duration(t.ObjectLock.Days) * 24 * time.Hour
+	case t.Retention != nil:
+		return "UNLOCKED", time.Duration(t.Retention.Days) * 24 * time.Hour
+	}
+	return "", 0
+}
+
+// targetSet opens each configured target once, with the full decorator
+// stack, when first needed.
+type targetSet struct {
+	cfg    *config.Config
+	opener *location.Opener
+	log    *slog.Logger
+	open   map[string]storage.Backend
+}
+
+func newTargetSet(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*targetSet, error) {
+	m, err := storagemetrics.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &targetSet{cfg: cfg, log: log, open: map[string]storage.Backend{},
+		opener: &location.Opener{Registry: location.NewDefaultRegistry(), Stack: location.Stack{Metrics: m}}}, nil
+}
+
+func (s *targetSet) get(ctx context.Context, name string) (storage.Backend, error) {
+	if b, ok := s.open[name]; ok {
+		return b, nil
+	}
+	t, ok := s.cfg.Targets[name]
+	if !ok {
+		return nil, fmt.Errorf("no target %q", name)
+	}
+	b, err := s.opener.Open(ctx, name, t, s.log)
+	if err != nil {
+		return nil, err
+	}
+	s.open[name] = b
+	return b, nil
+}
+
+func (s *targetSet) close() {
+	for name, b := range s.open {
+		if err := b.Close(); err != nil {
+			s.log.Warn("close target", "target", name, "err", err)
+		}
+	}
 }
 
 // engineAdapter gives the job engine the daemon's interface.

@@ -61,6 +61,7 @@ type Daemon struct {
 	lock     *dirLock
 	key      *signing.Key
 	audit    auditLog
+	targets  *targetSet
 	store    state.Store
 	jobs     jobEngine
 	dispatch *action.Dispatcher
@@ -122,7 +123,10 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfoCollector(),
 	)
-	auditLog, err := openAudit(ctx, cfg, d.key, d.registry, d.log)
+	if d.targets, err = newTargetSet(cfg, d.registry, d.log); err != nil {
+		return fmt.Errorf("storage metrics: %w", err)
+	}
+	auditLog, err := openAudit(ctx, cfg, d.key, d.targets, d.registry, d.log)
 	if err != nil {
 		return fmt.Errorf("open audit log: %w", err)
 	}
@@ -160,6 +164,9 @@ func (d *Daemon) close() {
 		if err := d.audit.Close(); err != nil {
 			d.log.Warn("close audit log", "err", err)
 		}
+	}
+	if d.targets != nil {
+		d.targets.close()
 	}
 	if d.lock != nil {
 		_ = d.lock.release()
