@@ -21,7 +21,8 @@ import (
 var (
 	// ErrNotFound: the key (or row) does not exist.
 	ErrNotFound = errors.New("not found")
-	// ErrConflict: a compare-and-swap found a value other than the expected one.
+	// ErrConflict: a compare-and-swap found a value other than the expected
+	// one, or a create found the key (or row) already there.
 	ErrConflict = errors.New("value changed concurrently")
 	// ErrInvalid: a key, value or replica was rejected before reaching the
 	// database (empty key, invalid UTF-8, NUL byte, too long).
@@ -93,6 +94,28 @@ type Store interface {
 	// PruneReplicas forgets replicas last seen before cutoff and returns how
 	// many were removed.
 	PruneReplicas(ctx context.Context, cutoff time.Time) (int, error)
+
+	// CreateBackup adds b to the backup catalog. It returns an error wrapping
+	// ErrConflict when a backup with b.ID exists and ErrInvalid when b fails
+	// CheckBackup.
+	CreateBackup(ctx context.Context, b Backup) error
+	// UpdateBackup replaces every field of the backup with b.ID by b's. It
+	// returns an error wrapping ErrNotFound when there is no such backup.
+	UpdateBackup(ctx context.Context, b Backup) error
+	// GetBackup returns the backup id and its copies ordered by target. It
+	// returns an error wrapping ErrNotFound when there is no such backup.
+	GetBackup(ctx context.Context, id string) (Backup, []Copy, error)
+	// ListBackups returns the backups matching f, newest (largest ID) first,
+	// at most f.Limit of them. nextCursor, when not empty, is the Cursor that
+	// continues the listing; it is empty once the last backup was returned.
+	ListBackups(ctx context.Context, f BackupFilter) (items []Backup, nextCursor string, err error)
+	// PutCopy inserts or replaces the copy of c.BackupID on c.Target. It
+	// returns an error wrapping ErrNotFound when the backup does not exist.
+	PutCopy(ctx context.Context, c Copy) error
+	// LatestBackup returns the newest (largest ID) backup of source whose
+	// state is one of states, or in any state when states is empty. It
+	// returns an error wrapping ErrNotFound when there is none.
+	LatestBackup(ctx context.Context, source string, states ...string) (Backup, error)
 
 	// Close releases the database. Methods called after Close return an error
 	// wrapping ErrClosed.

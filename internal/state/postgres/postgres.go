@@ -56,6 +56,16 @@ func Migrations() ([]migration.Migration, error) {
 // refuses a database whose schema is newer than this binary
 // (state.ErrSchemaTooNew). Errors name the DSN with its password redacted.
 func Open(ctx context.Context, dsn string, logger *slog.Logger) (*Store, error) {
+	ms, err := Migrations()
+	if err != nil {
+		return nil, fmt.Errorf("open postgres state %s: %w", RedactDSN(dsn), err)
+	}
+	return open(ctx, dsn, logger, ms)
+}
+
+// open is Open with the migrations to apply given, so tests can create a
+// database at an older schema version.
+func open(ctx context.Context, dsn string, logger *slog.Logger, ms []migration.Migration) (*Store, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -76,20 +86,16 @@ func Open(ctx context.Context, dsn string, logger *slog.Logger) (*Store, error) 
 		return nil, fmt.Errorf("open postgres state %s: %w", RedactDSN(dsn), redactErr(err, dsn))
 	}
 	s := &Store{pool: pool, logger: logger, now: time.Now}
-	if err := s.init(ctx); err != nil {
+	if err := s.init(ctx, ms); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("open postgres state %s: %w", RedactDSN(dsn), redactErr(err, dsn))
 	}
 	return s, nil
 }
 
-func (s *Store) init(ctx context.Context) error {
+func (s *Store) init(ctx context.Context, ms []migration.Migration) error {
 	if err := s.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("ping: %w", err)
-	}
-	ms, err := Migrations()
-	if err != nil {
-		return err
 	}
 	return s.WithAdvisoryLock(ctx, LockStateMigrations, func(ctx context.Context, conn *pgx.Conn) error {
 		return s.migrate(ctx, conn, ms)

@@ -37,6 +37,19 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestUpgradeFromV1 migrates a database created by the first schema.
+func TestUpgradeFromV1(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	statetest.RunUpgrade(t, 1, func(t *testing.T, version int) state.Store {
+		s, err := postgres.OpenAtVersion(t.Context(), dsn, nil, version)
+		if err != nil {
+			t.Fatalf("OpenAtVersion(%d) = %v", version, err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
+
 func latest(t *testing.T) int {
 	t.Helper()
 	ms, err := postgres.Migrations()

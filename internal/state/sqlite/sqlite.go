@@ -60,6 +60,16 @@ func Migrations() ([]migration.Migration, error) {
 // path, applies pending schema migrations and returns the store. It refuses a
 // database whose schema is newer than this binary (state.ErrSchemaTooNew).
 func Open(ctx context.Context, path string, logger *slog.Logger) (*Store, error) {
+	ms, err := Migrations()
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite state %q: %w", path, err)
+	}
+	return open(ctx, path, logger, ms)
+}
+
+// open is Open with the migrations to apply given, so tests can create a
+// database at an older schema version.
+func open(ctx context.Context, path string, logger *slog.Logger, ms []migration.Migration) (*Store, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -94,24 +104,20 @@ func Open(ctx context.Context, path string, logger *slog.Logger) (*Store, error)
 	db.SetConnMaxIdleTime(0)
 
 	s := &Store{db: db, path: path, logger: logger, now: time.Now}
-	if err := s.init(ctx); err != nil {
+	if err := s.init(ctx, ms); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open sqlite state %q: %w", path, err)
 	}
 	return s, nil
 }
 
-func (s *Store) init(ctx context.Context) error {
+func (s *Store) init(ctx context.Context, ms []migration.Migration) error {
 	var mode string
 	if err := s.db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
 		return fmt.Errorf("read journal mode: %w", err)
 	}
 	if !strings.EqualFold(mode, "wal") {
 		return fmt.Errorf("journal mode is %q, want wal", mode)
-	}
-	ms, err := Migrations()
-	if err != nil {
-		return err
 	}
 	return s.migrate(ctx, ms)
 }

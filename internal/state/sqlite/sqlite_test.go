@@ -37,6 +37,19 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestUpgradeFromV1 migrates a database created by the first schema.
+func TestUpgradeFromV1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), sqlite.FileName)
+	statetest.RunUpgrade(t, 1, func(t *testing.T, version int) state.Store {
+		s, err := sqlite.OpenAtVersion(t.Context(), path, nil, version)
+		if err != nil {
+			t.Fatalf("OpenAtVersion(%d) = %v", version, err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
+
 func TestPragmas(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), sqlite.FileName))
 	tests := []struct{ pragma, want string }{

@@ -37,6 +37,15 @@ func Run(t *testing.T, open func(t *testing.T) state.Store) {
 		{"DeleteValue", testDeleteValue},
 		{"Replicas", testReplicas},
 		{"PruneReplicas", testPruneReplicas},
+		{"BackupCreateGet", testBackupCreateGet},
+		{"BackupZeroTimes", testBackupZeroTimes},
+		{"BackupUpdate", testBackupUpdate},
+		{"ListBackups", testListBackups},
+		{"ListBackupsPagination", testListBackupsPagination},
+		{"PutCopy", testPutCopy},
+		{"PutCopyConcurrent", testPutCopyConcurrent},
+		{"LatestBackup", testLatestBackup},
+		{"BackupInvalidInput", testBackupInvalidInput},
 		{"Closed", testClosed},
 	}
 	for _, tt := range tests {
@@ -351,6 +360,9 @@ func testClosed(t *testing.T, s state.Store) {
 	_, verr := s.SchemaVersion(ctx)
 	_, rerr := s.Replicas(ctx)
 	_, prerr := s.PruneReplicas(ctx, time.Now())
+	_, _, gberr := s.GetBackup(ctx, backupID(1))
+	_, _, lberr := s.ListBackups(ctx, state.BackupFilter{})
+	_, latesterr := s.LatestBackup(ctx, "db")
 	calls := map[string]error{
 		"Ping":          s.Ping(ctx),
 		"SchemaVersion": verr,
@@ -362,6 +374,12 @@ func testClosed(t *testing.T, s state.Store) {
 		"Heartbeat":     s.Heartbeat(ctx, state.Replica{ID: "r"}),
 		"Replicas":      rerr,
 		"PruneReplicas": prerr,
+		"CreateBackup":  s.CreateBackup(ctx, newBackup(1, "db")),
+		"UpdateBackup":  s.UpdateBackup(ctx, newBackup(1, "db")),
+		"GetBackup":     gberr,
+		"ListBackups":   lberr,
+		"PutCopy":       s.PutCopy(ctx, state.Copy{BackupID: backupID(1), Target: "s3", State: state.CopyWriting}),
+		"LatestBackup":  latesterr,
 	}
 	for name, err := range calls {
 		if !errors.Is(err, state.ErrClosed) {
