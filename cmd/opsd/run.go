@@ -61,6 +61,8 @@ func commands() []command {
 		{"keygen", "make an Ed25519 signing key (and an age identity on request)", runKeygen},
 		{"version", "print version, commit and Go version", runVersion},
 		{"status", "daemon status: sources, backups, drills, alerts, budgets", runStatus},
+		{"backup list", "list backups; with --target read the target's signed manifests, offline", runBackupList},
+		{"backup restore", "restore a backup from the first good copy, offline (SHA-256 checked)", runBackupRestore},
 		{"audit verify", "check the audit log offline: exit 0 intact, 1 tampered, 2 cannot verify", runAuditVerify},
 		{"audit tail", "print the newest audit entries (--follow for new ones)", runAuditTail},
 		{"audit prove", "prove an entry is in the signed tree", runAuditProve},
@@ -162,18 +164,35 @@ func newFlags(e *env, name string) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args, turning flag errors into usage errors and
-// rejecting stray positional arguments beyond max.
+// parseFlags parses args, allowing flags after positional arguments
+// (`opsd backup restore ID --to-dir D`, as SPEC §3 writes them), turning
+// flag errors into usage errors and rejecting positional arguments beyond
+// maxArgs. The positional arguments are then fs.Args().
 func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return usageError{err.Error()}
 		}
-		return usageError{err.Error()}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		if args[0] == "--" {
+			positional = append(positional, args[1:]...)
+			break
+		}
+		positional = append(positional, args[0])
+		args = args[1:]
 	}
-	if fs.NArg() > maxArgs {
-		return usageError{fmt.Sprintf("unexpected arguments: %s", strings.Join(fs.Args()[maxArgs:], " "))}
+	if len(positional) > maxArgs {
+		return usageError{fmt.Sprintf("unexpected arguments: %s", strings.Join(positional[maxArgs:], " "))}
 	}
+	// Leave the positional arguments where callers look for them.
+	_ = fs.Parse(append([]string{"--"}, positional...))
 	return nil
 }
 
