@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -312,10 +313,12 @@ func testInvalidKeys(t *testing.T, be storage.Backend) {
 }
 
 // patternReader yields n deterministic, incompressible-looking bytes with
-// no Seek, Len, Size or WriteTo: a stream of unknown size.
+// no Seek, Len, Size or WriteTo: a stream of unknown size. It copies from a
+// 64 KiB random block, rotated differently for every block-sized span, so
+// no two spans repeat and generation stays cheap under the race detector.
 type patternReader struct {
 	n     int64
-	state uint64
+	block []byte
 	// failAt, if > 0, makes Read fail with errBrokenReader after that many bytes.
 	failAt int64
 	read   int64
@@ -336,12 +339,17 @@ func (p *patternReader) Read(b []byte) (int, error) {
 	if p.failAt > 0 && int64(len(b)) > p.failAt-p.read {
 		b = b[:p.failAt-p.read]
 	}
-	for i := range b {
-		// xorshift64: cheap and not compressible.
-		p.state ^= p.state << 13
-		p.state ^= p.state >> 7
-		p.state ^= p.state << 17
-		b[i] = byte(p.state)
+	size := int64(len(p.block))
+	done := 0
+	for done < len(b) {
+		pos := p.read + int64(done)
+		span, off := pos/size, pos%size
+		src := (off + span*7919) % size
+		n := copy(b[done:], p.block[src:])
+		if rest := size - off; int64(n) > rest {
+			n = int(rest) // stay within this span so the next one rotates
+		}
+		done += n
 	}
 	p.read += int64(len(b))
 	if p.onRead != nil {
@@ -350,7 +358,18 @@ func (p *patternReader) Read(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func newPattern(n int64) *patternReader { return &patternReader{n: n, state: 0x9E3779B97F4A7C15} }
+func newPattern(n int64) *patternReader {
+	block := make([]byte, 64<<10)
+	state := uint64(0x9E3779B97F4A7C15)
+	for i := 0; i < len(block); i += 8 {
+		// xorshift64: cheap and not compressible.
+		state ^= state << 13
+		state ^= state >> 7
+		state ^= state << 17
+		binary.LittleEndian.PutUint64(block[i:], state)
+	}
+	return &patternReader{n: n, block: block}
+}
 
 func testLargeSave(t *testing.T, be storage.Backend) {
 	size := int64(LargeSize)
