@@ -72,13 +72,19 @@ func runBackupList(ctx context.Context, e *env, args []string) error {
 	cfgFlag := fs.String("config", "", "config file (for --target)")
 	target := fs.String("target", "", "read the catalog from this target's manifests (offline)")
 	source := fs.String("source", "", "only this source")
+	stateFlag := fs.String("state", "", "only backups in this state (through the daemon)")
+	client := clientFlags(e, fs)
 	pubkey := fs.String("pubkey", "", "verifier key for manifest signatures (default <signing_key_file>.pub)")
 	asJSON := fs.Bool("json", false, "machine-readable output")
 	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	if *target == "" {
-		return usageError{"--target T is required in this version (listing through the daemon comes with the backup catalog)"}
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		return listBackupsDaemon(ctx, e, c, *source, *stateFlag, *asJSON)
 	}
 	o, err := loadOffline(e, *cfgFlag, *pubkey)
 	if err != nil {

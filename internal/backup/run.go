@@ -45,6 +45,10 @@ const (
 
 // Options configure one backup.
 type Options struct {
+	// ID is the backup id (manifest.NewID's shape); empty means a new one
+	// from the clock. The daemon passes the id of its catalog row so the
+	// catalog, the manifest and the object keys agree.
+	ID string
 	// Source is the source's name (the first key segment); Type its config
 	// type (postgres, files, command, plugin:<name>).
 	Source string
@@ -125,7 +129,10 @@ func Run(ctx context.Context, src source.Source, opts Options) (*Result, error) 
 		log = slog.New(slog.DiscardHandler)
 	}
 	started := now().UTC()
-	id := manifest.NewID(started)
+	id := opts.ID
+	if id == "" {
+		id = manifest.NewID(started)
+	}
 	m := &manifest.Manifest{
 		FormatVersion: manifest.FormatVersion,
 		ID:            id,
@@ -350,6 +357,11 @@ func (o *Options) check() error {
 	}
 	if len(o.Targets) == 0 {
 		problems = append(problems, "no targets")
+	}
+	if o.ID != "" {
+		if err := manifest.CheckID(o.ID); err != nil {
+			problems = append(problems, err.Error())
+		}
 	}
 	if o.Signer == nil {
 		problems = append(problems, "no signing key")

@@ -9,13 +9,16 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/riverqueue/river"
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/opsd-dev/opsd/internal/action"
 	"github.com/opsd-dev/opsd/internal/audit"
+	"github.com/opsd-dev/opsd/internal/backup/service"
 	"github.com/opsd-dev/opsd/internal/buildinfo"
 	"github.com/opsd-dev/opsd/internal/config"
 	"github.com/opsd-dev/opsd/internal/httpapi"
@@ -122,6 +125,7 @@ type targetSet struct {
 	cfg    *config.Config
 	opener *location.Opener
 	log    *slog.Logger
+	mu     sync.Mutex // guards open: backup jobs open targets concurrently
 	open   map[string]storage.Backend
 }
 
@@ -135,6 +139,8 @@ func newTargetSet(cfg *config.Config, reg prometheus.Registerer, log *slog.Logge
 }
 
 func (s *targetSet) get(ctx context.Context, name string) (storage.Backend, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if b, ok := s.open[name]; ok {
 		return b, nil
 	}
@@ -151,6 +157,8 @@ func (s *targetSet) get(ctx context.Context, name string) (storage.Backend, erro
 }
 
 func (s *targetSet) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for name, b := range s.open {
 		if err := b.Close(); err != nil {
 			s.log.Warn("close target", "target", name, "err", err)
@@ -161,19 +169,19 @@ func (s *targetSet) close() {
 // engineAdapter gives the job engine the daemon's interface.
 type engineAdapter struct{ *jobs.Engine }
 
-// Reconfigure replaces the periodic jobs with the reloaded config's. No
-// config section schedules a job kind yet (backup and drill schedules
-// arrive with their job kinds), so the set is empty.
+// Reconfigure replaces the periodic jobs with the reloaded config's.
 func (e engineAdapter) Reconfigure(ctx context.Context, cfg *config.Config) error {
 	return e.ReplacePeriodic(periodicJobs(cfg))
 }
 
-func periodicJobs(*config.Config) []jobs.Periodic { return nil }
+// periodicJobs are the config's schedules: one backup job per source.
+func periodicJobs(cfg *config.Config) []jobs.Periodic { return service.Periodic(cfg) }
 
-func openJobs(ctx context.Context, cfg *config.Config, store state.Store, d *action.Dispatcher, replica string, log *slog.Logger) (jobEngine, error) {
+func openJobs(ctx context.Context, cfg *config.Config, store state.Store, d *action.Dispatcher, workers *river.Workers, replica string, log *slog.Logger) (*jobs.Engine, error) {
 	eng, err := jobs.New(ctx, store, jobs.Options{
 		Logger:        log,
 		Dispatcher:    d,
+		Workers:       workers,
 		Concurrency:   cfg.State.Workers,
 		ShutdownGrace: cfg.Server.ShutdownGrace,
 		ID:            replica,
@@ -182,7 +190,7 @@ func openJobs(ctx context.Context, cfg *config.Config, store state.Store, d *act
 	if err != nil {
 		return nil, err
 	}
-	return engineAdapter{eng}, nil
+	return eng, nil
 }
 
 // openState opens PostgreSQL when state.postgres is set, else the embedded

@@ -28,8 +28,10 @@ import (
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/riverqueue/river"
 
 	"github.com/opsd-dev/opsd/internal/action"
+	"github.com/opsd-dev/opsd/internal/backup/service"
 	"github.com/opsd-dev/opsd/internal/buildinfo"
 	"github.com/opsd-dev/opsd/internal/config"
 	"github.com/opsd-dev/opsd/internal/httpapi"
@@ -64,6 +66,7 @@ type Daemon struct {
 	targets  *targetSet
 	store    state.Store
 	jobs     jobEngine
+	backups  *service.Service
 	dispatch *action.Dispatcher
 	registry *prometheus.Registry
 	api      *httpapi.Server
@@ -138,9 +141,35 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 	if d.store, err = openState(ctx, cfg, d.log); err != nil {
 		return fmt.Errorf("open state store: %w", err)
 	}
-	if d.jobs, err = openJobs(ctx, cfg, d.store, d.dispatch, d.replicaID, d.log); err != nil {
+	if err := service.GenerateIdentities(cfg, d.log); err != nil {
+		return fmt.Errorf("backup encryption: %w", err)
+	}
+	bm, err := service.NewMetrics(d.registry)
+	if err != nil {
+		return err
+	}
+	d.backups, err = service.New(service.Options{
+		Config: func() *config.Config { return d.cfg.Load().Config }, Store: d.store, Target: d.targets.get,
+		Signer: d.key.Signer, Verifier: d.key.Verifier, SpoolDir: filepath.Join(cfg.DataDir, "spool"),
+		Metrics: bm, Logger: d.log, Dispatcher: d.dispatch,
+	})
+	if err != nil {
+		return fmt.Errorf("backup service: %w", err)
+	}
+	workers := river.NewWorkers()
+	if err := d.backups.Register(workers); err != nil {
+		return fmt.Errorf("backup service: %w", err)
+	}
+	eng, err := openJobs(ctx, cfg, d.store, d.dispatch, workers, d.replicaID, d.log)
+	if err != nil {
 		return fmt.Errorf("open job engine: %w", err)
 	}
+	d.jobs = engineAdapter{eng}
+	d.backups.Attach(eng)
+	if _, err := d.backups.Rebuild(ctx); err != nil {
+		d.log.Error("catalog rebuild", "err", err)
+	}
+	d.backups.InitMetrics(ctx)
 	d.api = httpapi.NewServer(httpapi.Deps{
 		Logger:     d.log,
 		Dispatcher: d.dispatch,
@@ -150,6 +179,7 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 		Cluster:    d.cluster,
 		Reload:     d.reloadFromAPI,
 		Audit:      auditAPI{d.audit},
+		Backups:    d.backups,
 	}, apiSettings(cfg), d.registry)
 	return nil
 }

@@ -39,9 +39,9 @@ func (s *Server) routes() {
 		// Backups.
 		{method: "GET", path: "/api/v1/sources", role: RoleViewer, handler: notYet("the sources API")},
 		{method: "GET", path: "/api/v1/sources/{name}", role: RoleViewer, handler: notYet("the sources API")},
-		{method: "POST", path: "/api/v1/sources/{name}/backups", role: RoleOperator, object: pathObject("source", "name"), handler: notYet("triggering backups")},
-		{method: "GET", path: "/api/v1/backups", role: RoleViewer, handler: notYet("the backup catalog")},
-		{method: "GET", path: "/api/v1/backups/{id}", role: RoleViewer, handler: notYet("the backup catalog")},
+		{method: "POST", path: "/api/v1/sources/{name}/backups", role: RoleOperator, action: "backup.run", object: pathObject("source", "name"), handler: http.HandlerFunc(s.handleRunBackup)},
+		{method: "GET", path: "/api/v1/backups", role: RoleViewer, handler: http.HandlerFunc(s.handleListBackups)},
+		{method: "GET", path: "/api/v1/backups/{id}", role: RoleViewer, handler: http.HandlerFunc(s.handleGetBackup)},
 		{method: "POST", path: "/api/v1/backups/{id}/verify", role: RoleOperator, handler: notYet("backup verification")},
 		{method: "POST", path: "/api/v1/backups/{id}/restore", role: RoleOperator, handler: notYet("restores")},
 

@@ -59,6 +59,8 @@ type Deps struct {
 	Cluster func(ctx context.Context) (any, error)
 	// Audit serves the audit-log routes.
 	Audit AuditLog
+	// Backups serves the backup routes.
+	Backups Backups
 }
 
 // ConfigError is returned by Deps.Reload when the new config is invalid.

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"text/tabwriter"
+	"time"
+)
+
+// backupView is the API's backup resource, as the CLI reads it.
+type backupView struct {
+	ID              string          `json:"id"`
+	Source          string          `json:"source"`
+	Type            string          `json:"type"`
+	State           string          `json:"state"`
+	Actor           string          `json:"actor"`
+	QueuedAt        string          `json:"queued_at"`
+	StartedAt       *string         `json:"started_at"`
+	FinishedAt      *string         `json:"finished_at"`
+	DurationSeconds *float64        `json:"duration_seconds"`
+	RawBytes        int64           `json:"raw_bytes"`
+	StoredBytes     int64           `json:"stored_bytes"`
+	Error           string          `json:"error,omitempty"`
+	Copies          []copyView      `json:"copies,omitempty"`
+	Manifest        json.RawMessage `json:"manifest,omitempty"`
+}
+
+type copyView struct {
+	Target          string   `json:"target"`
+	State           string   `json:"state"`
+	Key             string   `json:"key"`
+	Bytes           int64    `json:"bytes"`
+	SHA256          string   `json:"sha256"`
+	DurationSeconds *float64 `json:"duration_seconds"`
+	Error           string   `json:"error,omitempty"`
+}
+
+func terminal(state string) bool {
+	return state == "succeeded" || state == "partial" || state == "failed"
+}
+
+// runBackupRun triggers a backup through the daemon; with --wait it polls
+// until the backup ends and exits 1 unless it succeeded.
+func runBackupRun(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "backup run")
+	client := clientFlags(e, fs)
+	wait := fs.Bool("wait", false, "wait for the backup to finish; exit 1 unless it succeeded")
+	asJSON := fs.Bool("json", false, "machine-readable output")
+	if err := parseFlags(fs, args, 1); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError{"usage: opsd backup run SOURCE [--wait]"}
+	}
+	c, err := client()
+	if err != nil {
+		return err
+	}
+	var b backupView
+	if err := c.do(ctx, "POST", "/api/v1/sources/"+url.PathEscape(fs.Arg(0))+"/backups", nil, &b); err != nil {
+		return err
+	}
+	if !*wait {
+		if *asJSON {
+			return json.NewEncoder(e.stdout).Encode(b)
+		}
+		fmt.Fprintf(e.stdout, "queued backup %s of %s\n", b.ID, b.Source)
+		return nil
+	}
+	fmt.Fprintf(e.stderr, "queued backup %s of %s; waiting\n", b.ID, b.Source)
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for !terminal(b.State) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		if err := c.do(ctx, "GET", "/api/v1/backups/"+url.PathEscape(b.ID), nil, &b); err != nil {
+			return err
+		}
+	}
+	if err := printBackup(e, b, *asJSON); err != nil {
+		return err
+	}
+	if b.State != "succeeded" {
+		return exitError{code: exitFailure, err: fmt.Errorf("backup %s %s", b.ID, b.State)}
+	}
+	return nil
+}
+
+// listBackupsDaemon lists the daemon's catalog.
+func listBackupsDaemon(ctx context.Context, e *env, c *apiClient, source, state string, asJSON bool) error {
+	q := url.Values{}
+	if source != "" {
+		q.Set("source", source)
+	}
+	if state != "" {
+		q.Set("state", state)
+	}
+	var all []backupView
+	for {
+		var page struct {
+			Items      []backupView `json:"items"`
+			NextCursor string       `json:"next_cursor"`
+		}
+		if err := c.do(ctx, "GET", "/api/v1/backups?"+q.Encode(), nil, &page); err != nil {
+			return err
+		}
+		all = append(all, page.Items...)
+		if page.NextCursor == "" {
+			break
+		}
+		q.Set("cursor", page.NextCursor)
+	}
+	if asJSON {
+		if all == nil {
+			all = []backupView{}
+		}
+		return json.NewEncoder(e.stdout).Encode(map[string]any{"items": all})
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSOURCE\tTYPE\tSTATE\tFINISHED\tRAW\tSTORED")
+	for _, b := range all {
+		fin := "-"
+		if b.FinishedAt != nil {
+			fin = *b.FinishedAt
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Source, b.Type, b.State, fin, humanBytes(b.RawBytes), humanBytes(b.StoredBytes))
+	}
+	return tw.Flush()
+}
+
+// runBackupShow prints one backup with its copies.
+func runBackupShow(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "backup show")
+	client := clientFlags(e, fs)
+	asJSON := fs.Bool("json", false, "machine-readable output")
+	if err := parseFlags(fs, args, 1); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError{"usage: opsd backup show ID [--json]"}
+	}
+	c, err := client()
+	if err != nil {
+		return err
+	}
+	var b backupView
+	if err := c.do(ctx, "GET", "/api/v1/backups/"+url.PathEscape(fs.Arg(0)), nil, &b); err != nil {
+		return err
+	}
+	return printBackup(e, b, *asJSON)
+}
+
+func printBackup(e *env, b backupView, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(b)
+	}
+	fmt.Fprintf(e.stdout, "backup %s\n  source:   %s (%s)\n  state:    %s\n  actor:    %s\n  queued:   %s\n", b.ID, b.Source, b.Type, b.State, b.Actor, b.QueuedAt)
+	if b.FinishedAt != nil {
+		fmt.Fprintf(e.stdout, "  finished: %s\n", *b.FinishedAt)
+	}
+	if b.DurationSeconds != nil {
+		fmt.Fprintf(e.stdout, "  duration: %.1fs\n", *b.DurationSeconds)
+	}
+	fmt.Fprintf(e.stdout, "  size:     %s raw, %s stored\n", humanBytes(b.RawBytes), humanBytes(b.StoredBytes))
+	if b.Error != "" {
+		fmt.Fprintf(e.stdout, "  error:    %s\n", b.Error)
+	}
+	fmt.Fprintln(e.stdout, "  copies:")
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	for _, c := range b.Copies {
+		line := fmt.Sprintf("    %s\t%s\t%s\t%s", c.Target, c.State, humanBytes(c.Bytes), c.Key)
+		if c.SHA256 != "" {
+			line += "\tsha256:" + c.SHA256[:16]
+		}
+		if c.Error != "" {
+			line += "\t" + c.Error
+		}
+		fmt.Fprintln(tw, line)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// writeBackupConfig writes a config with a files source "demo" backed up to
+// two local targets, with a generated age identity.
+func writeBackupConfig(t *testing.T, dir, schedule string) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, "src", "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{"a.txt": "alpha\n", "sub/b.txt": strings.Repeat("bravo ", 1000)} {
+		if err := os.WriteFile(filepath.Join(dir, "src", name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum := sha256.Sum256([]byte(testToken))
+	cfg := fmt.Sprintf(`data_dir: ./data
+server:
+  listen: 127.0.0.1:0
+  shutdown_grace: 5s
+  tokens:
+    - {name: root, role: admin, sha256: %s}
+targets:
+  a: {type: local, path: ./target-a}
+  b: {type: local, path: ./target-b}
+audit:
+  origin: opsd.test/backup
+  checkpoint_interval: 1s
+sources:
+  demo:
+    type: files
+    paths: [./src]
+    schedule: %q
+    targets: [a, b]
+    encryption: {age_identity_file: ./keys/age.key, generate: true}
+`, hex.EncodeToString(sum[:]), schedule)
+	path := filepath.Join(dir, "opsd.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestBackupThroughDaemon(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := writeBackupConfig(t, dir, "@daily")
+	d := startDaemon(t, cfgPath, true)
+	if st, err := os.Stat(filepath.Join(dir, "keys", "age.key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("generated age identity: %v, %v", st, err)
+	}
+	env := map[string]string{"OPSD_ADDR": d.addr, "OPSD_TOKEN": testToken}
+
+	code, out, errOut := cli(t, env, "backup", "run", "demo", "--wait")
+	if code != 0 {
+		t.Fatalf("backup run --wait = %d\n%s\n%s", code, out, errOut)
+	}
+	if strings.Count(out, "complete") != 2 || !strings.Contains(out, "succeeded") {
+		t.Errorf("backup run --wait output lacks two complete copies:\n%s", out)
+	}
+	code, out, errOut = cli(t, env, "backup", "list", "--json")
+	if code != 0 {
+		t.Fatalf("backup list = %d: %s", code, errOut)
+	}
+	var list struct {
+		Items []backupView `json:"items"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Items) != 1 || list.Items[0].State != "succeeded" {
+		t.Fatalf("backup list = %v, %s", err, out)
+	}
+	id := list.Items[0].ID
+
+	code, out, errOut = cli(t, env, "backup", "show", id, "--json")
+	if code != 0 {
+		t.Fatalf("backup show = %d: %s", code, errOut)
+	}
+	var shown backupView
+	if err := json.Unmarshal([]byte(out), &shown); err != nil {
+		t.Fatal(err)
+	}
+	if len(shown.Copies) != 2 || shown.Copies[0].State != "complete" || shown.Copies[1].State != "complete" {
+		t.Errorf("backup show copies = %+v, want two complete", shown.Copies)
+	}
+	var m struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(shown.Manifest, &m); err != nil || m.ID != id {
+		t.Errorf("manifest id = %q (%v), want %s", m.ID, err, id)
+	}
+	var got backupView
+	if code := d.api(t, "GET", "/api/v1/backups/"+id, testToken, &got); code != 200 {
+		t.Fatalf("GET backup = %d", code)
+	}
+	if code := d.api(t, "GET", "/api/v1/backups/20200101T000000Z-0000", testToken, nil); code != 404 {
+		t.Errorf("GET unknown backup = %d, want 404", code)
+	}
+	if code := d.api(t, "GET", "/api/v1/backups?source=demo&limit=10", testToken, nil); code != 200 {
+		t.Errorf("GET backups = %d", code)
+	}
+	if code, _, _ := cli(t, env, "backup", "run", "nope"); code != 1 {
+		t.Errorf("backup run of an unknown source = %d, want 1", code)
+	}
+
+	// The audit log has the request, the job run and one entry per copy.
+	counts := map[string]int{}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		var page struct {
+			Items []struct {
+				Entry struct {
+					Action  string `json:"action"`
+					Outcome string `json:"outcome"`
+					Object  string `json:"object"`
+				} `json:"entry"`
+			} `json:"items"`
+		}
+		if code := d.api(t, "GET", "/api/v1/audit/entries?limit=1000", testToken, &page); code != 200 {
+			t.Fatalf("audit entries = %d", code)
+		}
+		counts = map[string]int{}
+		for _, it := range page.Items {
+			if it.Entry.Outcome == "succeeded" {
+				counts[it.Entry.Action]++
+			}
+		}
+		if counts["job.backup"] >= 1 {
+			break
+		}
+	}
+	if counts["backup.run"] != 1 || counts["job.backup"] != 1 || counts["backup.copy"] != 2 {
+		t.Errorf("audit outcomes = %v, want backup.run 1, job.backup 1, backup.copy 2", counts)
+	}
+
+	// Without its state, the daemon rebuilds the catalog from the targets.
+	if err := d.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("daemon exit = %d", code)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "data", "state")); err != nil {
+		t.Fatal(err)
+	}
+	d2 := startDaemon(t, cfgPath, true)
+	env["OPSD_ADDR"] = d2.addr
+	code, out, errOut = cli(t, env, "backup", "list")
+	if code != 0 || !strings.Contains(out, id) {
+		t.Errorf("backup list after rebuild = %d, %s %s; want %s", code, out, errOut, id)
+	}
+	if code := d2.api(t, "GET", "/api/v1/backups/"+id, testToken, &got); code != 200 || len(got.Copies) != 2 {
+		t.Errorf("GET rebuilt backup = %d, %d copies", code, len(got.Copies))
+	}
+}
+
+func TestPeriodicBackup(t *testing.T) {
+	dir := t.TempDir()
+	d := startDaemon(t, writeBackupConfig(t, dir, "@every 1s"), true)
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		var list struct {
+			Items []struct {
+				State string `json:"state"`
+				Actor string `json:"actor"`
+			} `json:"items"`
+		}
+		if code := d.api(t, "GET", "/api/v1/backups?state=succeeded", testToken, &list); code != 200 {
+			t.Fatalf("GET backups = %d", code)
+		}
+		if len(list.Items) > 0 {
+			if list.Items[0].Actor != "scheduler:backup:demo" {
+				t.Errorf("actor = %q, want scheduler:backup:demo", list.Items[0].Actor)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no periodic backup within 45s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -1,0 +1,44 @@
+package service
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the backup metrics of SPEC §8.
+type Metrics struct {
+	lastSuccess *prometheus.GaugeVec
+	duration    *prometheus.HistogramVec
+	bytes       *prometheus.CounterVec
+	failures    *prometheus.CounterVec
+}
+
+// NewMetrics registers the backup metrics on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "opsd_backup_last_success_timestamp_seconds",
+			Help: "Finish time of the source's newest backup with every copy complete; 0 if none.",
+		}, []string{"source"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "opsd_backup_duration_seconds",
+			Help:    "Wall time of backups, from start to the final state.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 16),
+		}, []string{"source"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "opsd_backup_bytes_total",
+			Help: "Stored bytes of complete backup copies, per target.",
+		}, []string{"source", "target"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "opsd_backup_failures_total",
+			Help: "Failed backup copies by reason: source, target or encryption.",
+		}, []string{"source", "target", "reason"}),
+	}
+	for _, c := range []prometheus.Collector{m.lastSuccess, m.duration, m.bytes, m.failures} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register backup metrics: %w", err)
+		}
+	}
+	return m, nil
+}

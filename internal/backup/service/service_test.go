@@ -1,0 +1,221 @@
+package service
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/riverqueue/river"
+	"go.uber.org/goleak"
+
+	"github.com/opsd-dev/opsd/internal/action"
+	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/jobs"
+	"github.com/opsd-dev/opsd/internal/signing"
+	"github.com/opsd-dev/opsd/internal/state"
+	"github.com/opsd-dev/opsd/internal/state/sqlite"
+	"github.com/opsd-dev/opsd/internal/storage"
+	"github.com/opsd-dev/opsd/internal/storage/local"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type recorder struct {
+	mu   sync.Mutex
+	recs []action.Record
+}
+
+func (r *recorder) Record(_ context.Context, rec action.Record) (int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recs = append(r.recs, rec)
+	return int64(len(r.recs) - 1), nil
+}
+
+type fakeQueue struct{ args []Args }
+
+func (q *fakeQueue) Insert(_ context.Context, a river.JobArgs, _ *river.InsertOpts) (jobs.JobInfo, error) {
+	q.args = append(q.args, a.(Args))
+	return jobs.JobInfo{ID: int64(len(q.args))}, nil
+}
+
+type fixture struct {
+	svc     *Service
+	store   state.Store
+	rec     *recorder
+	queue   *fakeQueue
+	metrics *Metrics
+	dir     string
+	targets map[string]storage.Backend
+}
+
+func newFixture(t *testing.T, dir string) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	src := filepath.Join(dir, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "f.txt"), []byte(strings.Repeat("data ", 500)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	idFile := filepath.Join(dir, "keys", "age.key")
+	cfg := &config.Config{
+		Targets: map[string]*config.Target{"a": {Type: "local"}, "b": {Type: "local"}},
+		Sources: map[string]*config.Source{"demo": {Type: "files", Paths: []string{src}, Targets: []string{"a", "b"},
+			Schedule: "@every 1m", Encryption: &config.Encryption{AgeIdentityFile: idFile, Generate: true}}},
+	}
+	if err := GenerateIdentities(cfg, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(idFile); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("identity file: %v %v", st, err)
+	}
+	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "state.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	targets := map[string]storage.Backend{}
+	for _, name := range []string{"a", "b"} {
+		b, err := local.New(name, filepath.Join(dir, "target-"+name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		targets[name] = b
+	}
+	g, err := signing.Generate("opsd.test/service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp := filepath.Join(t.TempDir(), "audit.key")
+	if err := signing.WriteFiles(kp, g, false); err != nil {
+		t.Fatal(err)
+	}
+	key, err := signing.Load(kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := New(Options{
+		Config: func() *config.Config { return cfg }, Store: store,
+		Target: func(_ context.Context, name string) (storage.Backend, error) { return targets[name], nil },
+		Signer: key.Signer, Verifier: key.Verifier, SpoolDir: filepath.Join(dir, "spool"), Metrics: m,
+		Dispatcher: action.NewDispatcher(rec),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &fakeQueue{}
+	svc.Attach(q)
+	return &fixture{svc: svc, store: store, rec: rec, queue: q, metrics: m, dir: dir, targets: targets}
+}
+
+func TestBackupLifecycle(t *testing.T) {
+	ctx := action.WithActor(context.Background(), action.Actor{Kind: action.ActorToken, Name: "ci"})
+	f := newFixture(t, t.TempDir())
+	f.svc.InitMetrics(ctx)
+	if got := testutil.ToFloat64(f.metrics.lastSuccess.WithLabelValues("demo")); got != 0 {
+		t.Errorf("last success before any backup = %v, want 0", got)
+	}
+	if _, err := f.svc.Enqueue(ctx, "nope"); err == nil {
+		t.Error("Enqueue(nope) = nil error, want unknown source")
+	}
+	b, err := f.svc.Enqueue(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.State != state.BackupQueued || b.Actor != "token:ci" || len(f.queue.args) != 1 || f.queue.args[0].BackupID != b.ID {
+		t.Fatalf("Enqueue = %+v, queued %+v", b, f.queue.args)
+	}
+	if err := f.svc.work(ctx, 1, b.QueuedAt, f.queue.args[0]); err != nil {
+		t.Fatalf("work = %v", err)
+	}
+	got, copies, err := f.store.GetBackup(ctx, b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != state.BackupSucceeded || len(got.Manifest) == 0 || got.StoredBytes == 0 {
+		t.Errorf("backup = %+v, want succeeded with a manifest", got)
+	}
+	if len(copies) != 2 {
+		t.Fatalf("copies = %+v", copies)
+	}
+	for _, c := range copies {
+		if c.State != state.CopyComplete || c.SHA256 == "" || !strings.HasPrefix(c.Key, "demo/"+b.ID+"/") {
+			t.Errorf("copy = %+v, want complete under demo/%s/", c, b.ID)
+		}
+		if n := testutil.ToFloat64(f.metrics.bytes.WithLabelValues("demo", c.Target)); n != float64(c.Bytes) {
+			t.Errorf("bytes_total{%s} = %v, want %d", c.Target, n, c.Bytes)
+		}
+	}
+	if testutil.ToFloat64(f.metrics.lastSuccess.WithLabelValues("demo")) == 0 {
+		t.Error("last success not set")
+	}
+	n := 0
+	for _, r := range f.rec.recs {
+		if r.Action == "backup.copy" && r.Outcome == action.Succeeded && r.Actor.Name == "ci" {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("backup.copy successes = %d, want 2", n)
+	}
+
+	// An interrupted run (row still running) runs again, clean.
+	got.State = state.BackupRunning
+	if err := f.store.UpdateBackup(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.work(ctx, 1, b.QueuedAt, f.queue.args[0]); err != nil {
+		t.Fatalf("re-run = %v", err)
+	}
+	if again, _, _ := f.store.GetBackup(ctx, b.ID); again.State != state.BackupSucceeded {
+		t.Errorf("re-run state = %s, want succeeded", again.State)
+	}
+	// A finished one is not run again.
+	if err := f.svc.work(ctx, 1, b.QueuedAt, f.queue.args[0]); err != nil {
+		t.Fatalf("third run = %v", err)
+	}
+
+	// A periodic job (no id) gets one derived from the job.
+	if err := f.svc.work(ctx, 7, b.QueuedAt, Args{Source: "demo"}); err != nil {
+		t.Fatalf("periodic work = %v", err)
+	}
+	items, _, err := f.store.ListBackups(ctx, state.BackupFilter{})
+	if err != nil || len(items) != 2 {
+		t.Fatalf("ListBackups = %d items, %v", len(items), err)
+	}
+
+	// A new, empty catalog is rebuilt from the targets.
+	g := newFixture(t, f.dir)
+	imported, err := g.svc.Rebuild(ctx)
+	if err != nil || imported != 0 {
+		// Another signing key: nothing verifies.
+		t.Logf("Rebuild with a foreign key = %d, %v", imported, err)
+	}
+	f2, err := New(Options{Config: f.svc.opts.Config, Store: g.store, Target: f.svc.opts.Target, Signer: f.svc.opts.Signer,
+		Verifier: f.svc.opts.Verifier, Dispatcher: f.svc.opts.Dispatcher})
+	if err != nil {
+		t.Fatal(err)
+	}
+	imported, err = f2.Rebuild(ctx)
+	if err != nil || imported != 2 {
+		t.Fatalf("Rebuild = %d, %v, want 2", imported, err)
+	}
+	rb, rcopies, err := g.store.GetBackup(ctx, b.ID)
+	if err != nil || rb.State != state.BackupSucceeded || len(rcopies) != 2 {
+		t.Errorf("rebuilt backup = %+v %+v %v", rb, rcopies, err)
+	}
+}

@@ -1,0 +1,159 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/opsd-dev/opsd/internal/state"
+)
+
+// Backups is what the backup routes need: the backup service.
+type Backups interface {
+	// Enqueue queues a backup of source as the actor in ctx; an unknown
+	// source is an error wrapping state.ErrNotFound.
+	Enqueue(ctx context.Context, source string) (state.Backup, error)
+	ListBackups(ctx context.Context, f state.BackupFilter) ([]state.Backup, string, error)
+	GetBackup(ctx context.Context, id string) (state.Backup, []state.Copy, error)
+}
+
+// backupResource is a backup as the API shows it (SPEC §4).
+type backupResource struct {
+	ID              string          `json:"id"`
+	Source          string          `json:"source"`
+	Type            string          `json:"type"`
+	State           string          `json:"state"`
+	Actor           string          `json:"actor"`
+	JobID           int64           `json:"job_id,omitempty"`
+	QueuedAt        string          `json:"queued_at"`
+	StartedAt       *string         `json:"started_at"`
+	FinishedAt      *string         `json:"finished_at"`
+	DurationSeconds *float64        `json:"duration_seconds"`
+	RawBytes        int64           `json:"raw_bytes"`
+	StoredBytes     int64           `json:"stored_bytes"`
+	Error           string          `json:"error,omitempty"`
+	Copies          []copyResource  `json:"copies,omitempty"`
+	Manifest        json.RawMessage `json:"manifest,omitempty"`
+}
+
+type copyResource struct {
+	Target          string   `json:"target"`
+	State           string   `json:"state"`
+	Key             string   `json:"key"`
+	Bytes           int64    `json:"bytes"`
+	SHA256          string   `json:"sha256"`
+	StartedAt       *string  `json:"started_at"`
+	FinishedAt      *string  `json:"finished_at"`
+	DurationSeconds *float64 `json:"duration_seconds"`
+	Error           string   `json:"error,omitempty"`
+}
+
+type backupList struct {
+	Items      []backupResource `json:"items"`
+	NextCursor string           `json:"next_cursor"`
+}
+
+func timeText(t time.Time) *string {
+	if t.IsZero() {
+		return nil
+	}
+	s := t.UTC().Format(time.RFC3339Nano)
+	return &s
+}
+
+func durationOf(start, end time.Time) *float64 {
+	if start.IsZero() || end.IsZero() {
+		return nil
+	}
+	d := end.Sub(start).Seconds()
+	return &d
+}
+
+func toBackupResource(b state.Backup) backupResource {
+	return backupResource{ID: b.ID, Source: b.Source, Type: b.Type, State: b.State, Actor: b.Actor, JobID: b.JobID,
+		QueuedAt: b.QueuedAt.UTC().Format(time.RFC3339Nano), StartedAt: timeText(b.StartedAt), FinishedAt: timeText(b.FinishedAt),
+		DurationSeconds: durationOf(b.StartedAt, b.FinishedAt), RawBytes: b.RawBytes, StoredBytes: b.StoredBytes, Error: b.Error}
+}
+
+func (s *Server) handleRunBackup(w http.ResponseWriter, r *http.Request) {
+	var body struct{}
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	if s.deps.Backups == nil {
+		writeProblem(w, r, probUnavailable.with("backups not available"))
+		return
+	}
+	b, err := s.deps.Backups.Enqueue(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.backupError(w, r, "queue backup", err)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/backups/"+b.ID)
+	writeJSON(w, http.StatusAccepted, toBackupResource(b))
+}
+
+func (s *Server) handleListBackups(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Backups == nil {
+		writeProblem(w, r, probUnavailable.with("backups not available"))
+		return
+	}
+	q := r.URL.Query()
+	f := state.BackupFilter{Source: q.Get("source"), State: q.Get("state"), Cursor: q.Get("cursor")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeProblem(w, r, probBadRequest.with("limit must be a positive integer"))
+			return
+		}
+		f.Limit = n
+	}
+	items, next, err := s.deps.Backups.ListBackups(r.Context(), f)
+	if err != nil {
+		s.backupError(w, r, "list backups", err)
+		return
+	}
+	out := backupList{Items: make([]backupResource, 0, len(items)), NextCursor: next}
+	for _, b := range items {
+		out.Items = append(out.Items, toBackupResource(b))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleGetBackup(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Backups == nil {
+		writeProblem(w, r, probUnavailable.with("backups not available"))
+		return
+	}
+	b, copies, err := s.deps.Backups.GetBackup(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.backupError(w, r, "get backup", err)
+		return
+	}
+	out := toBackupResource(b)
+	out.Copies = make([]copyResource, 0, len(copies))
+	for _, c := range copies {
+		out.Copies = append(out.Copies, copyResource{Target: c.Target, State: c.State, Key: c.Key, Bytes: c.Bytes, SHA256: c.SHA256,
+			StartedAt: timeText(c.StartedAt), FinishedAt: timeText(c.FinishedAt), DurationSeconds: durationOf(c.StartedAt, c.FinishedAt), Error: c.Error})
+	}
+	if len(b.Manifest) > 0 && json.Valid(b.Manifest) {
+		out.Manifest = b.Manifest
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// backupError maps the service's errors to problems.
+func (s *Server) backupError(w http.ResponseWriter, r *http.Request, what string, err error) {
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		writeProblem(w, r, probNotFound.with(err.Error()))
+	case errors.Is(err, state.ErrInvalid):
+		writeProblem(w, r, probBadRequest.with(err.Error()))
+	default:
+		s.log.Error(what, "err", err, "request_id", requestIDFrom(r.Context()))
+		writeProblem(w, r, probInternal.with(what+" failed; see the daemon log for request "+requestIDFrom(r.Context())))
+	}
+}
