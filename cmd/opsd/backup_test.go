@@ -187,3 +187,24 @@ func TestPeriodicBackup(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+func TestSourcesAPI(t *testing.T) {
+	dir := t.TempDir()
+	d := startDaemon(t, writeBackupConfig(t, dir, "@daily"), true)
+	var list struct {
+		Items []struct {
+			Name       string          `json:"name"`
+			NextRun    string          `json:"next_run"`
+			LastBackup json.RawMessage `json:"last_backup"`
+		} `json:"items"`
+	}
+	if code := d.api(t, "GET", "/api/v1/sources", testToken, &list); code != 200 || len(list.Items) != 1 || list.Items[0].Name != "demo" || list.Items[0].NextRun == "" {
+		t.Errorf("GET sources = %d, %+v", code, list)
+	}
+	if code := d.api(t, "GET", "/api/v1/sources/demo", testToken, nil); code != 200 {
+		t.Errorf("GET sources/demo = %d", code)
+	}
+	if code := d.api(t, "GET", "/api/v1/sources/nope", testToken, nil); code != 404 {
+		t.Errorf("GET sources/nope = %d, want 404", code)
+	}
+}

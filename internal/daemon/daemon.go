@@ -180,6 +180,8 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 		Reload:     d.reloadFromAPI,
 		Audit:      auditAPI{d.audit},
 		Backups:    d.backups,
+		Sources:    d.sources,
+		Source:     d.source,
 	}, apiSettings(cfg), d.registry)
 	return nil
 }
@@ -285,6 +287,7 @@ func (d *Daemon) run(ctx context.Context, cfg *config.Config) error {
 		return nil
 	})
 
+	d.beat(groupCtx)
 	err = g.Run()
 	d.notify.stopping()
 	if rerr := d.dispatch.Do(context.WithoutCancel(ctx), action.Request{Actor: action.Actor{Kind: action.ActorSystem, Name: "opsd"},
@@ -371,17 +374,10 @@ func (d *Daemon) healthy(ctx context.Context) error {
 const heartbeatInterval = 15 * time.Second
 
 // heartbeat records this replica in the state store for the cluster view.
+// The first beat happens before the run group starts (see run), so the
+// cluster view lists this replica as soon as it is ready.
 func (d *Daemon) heartbeat(ctx context.Context) error {
-	host, _ := os.Hostname()
-	beat := func() {
-		cfg := d.cfg.Load()
-		err := d.store.Heartbeat(ctx, state.Replica{ID: d.replicaID, Hostname: host, Version: buildinfo.Get().Version,
-			ConfigHash: cfg.Hash(), StartedAt: d.startedAt})
-		if err != nil && ctx.Err() == nil {
-			d.log.Warn("heartbeat", "err", err)
-		}
-	}
-	beat()
+	beat := func() { d.beat(ctx) }
 	t := time.NewTicker(heartbeatInterval)
 	defer t.Stop()
 	for {
@@ -395,6 +391,16 @@ func (d *Daemon) heartbeat(ctx context.Context) error {
 				d.log.Warn("prune replicas", "err", err)
 			}
 		}
+	}
+}
+
+// beat records this replica in the state store once.
+func (d *Daemon) beat(ctx context.Context) {
+	host, _ := os.Hostname()
+	err := d.store.Heartbeat(ctx, state.Replica{ID: d.replicaID, Hostname: host, Version: buildinfo.Get().Version,
+		ConfigHash: d.cfg.Load().Hash(), StartedAt: d.startedAt})
+	if err != nil && ctx.Err() == nil {
+		d.log.Warn("heartbeat", "err", err)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/opsd-dev/opsd/internal/action"
+	"github.com/opsd-dev/opsd/internal/backup/service"
 	"github.com/opsd-dev/opsd/internal/config"
 	"github.com/opsd-dev/opsd/internal/httpapi"
 )
@@ -54,6 +55,9 @@ func (d *Daemon) applyReload(ctx context.Context) error {
 	cur := d.cfg.Load()
 	if fields := restartOnly(cur.Config, next); len(fields) > 0 {
 		return fmt.Errorf("%w: %s changed; the running config is unchanged", ErrRestartRequired, strings.Join(fields, ", "))
+	}
+	if err := service.GenerateIdentities(next, d.log); err != nil {
+		return fmt.Errorf("backup encryption: %w", err)
 	}
 	if err := d.jobs.Reconfigure(ctx, next); err != nil {
 		return fmt.Errorf("apply schedules: %w", err)

@@ -2,10 +2,15 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sort"
 	"time"
 
+	"github.com/opsd-dev/opsd/internal/backup/service"
 	"github.com/opsd-dev/opsd/internal/buildinfo"
+	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/state"
 )
 
 // Status is GET /api/v1/status. Fields are added as features land; the
@@ -43,6 +48,21 @@ type SourceStatus struct {
 	Targets  []string   `json:"targets"`
 	Policy   string     `json:"policy,omitempty"`
 	Level    *string    `json:"level"`
+	// LastBackup is the newest backup in the catalog (GET /api/v1/sources
+	// only); nil when there is none.
+	LastBackup *LastBackup `json:"last_backup,omitempty"`
+}
+
+// LastBackup summarises a source's newest backup.
+type LastBackup struct {
+	ID         string     `json:"id"`
+	State      string     `json:"state"`
+	FinishedAt *time.Time `json:"finished_at"`
+}
+
+// SourceList is GET /api/v1/sources.
+type SourceList struct {
+	Items []SourceStatus `json:"items"`
 }
 
 // TargetStatus summarises one storage target.
@@ -75,14 +95,7 @@ func (d *Daemon) status(ctx context.Context) (any, error) {
 		st.Audit.Healthy, st.Audit.Error = false, err.Error()
 	}
 	for name, s := range cfg.Sources {
-		ss := SourceStatus{Name: name, Type: s.Type, Schedule: string(s.Schedule), Targets: s.Targets, Policy: string(s.Policy)}
-		if s.Schedule != "" {
-			if sched, err := s.Schedule.Schedule(); err == nil {
-				next := sched.Next(now).UTC()
-				ss.NextRun = &next
-			}
-		}
-		st.Sources = append(st.Sources, ss)
+		st.Sources = append(st.Sources, sourceStatus(name, s, now))
 	}
 	sort.Slice(st.Sources, func(i, j int) bool { return st.Sources[i].Name < st.Sources[j].Name })
 	for name, t := range cfg.Targets {
@@ -132,3 +145,58 @@ func (d *Daemon) cluster(ctx context.Context) (any, error) {
 	c.ConfigDrift = len(hashes) > 1
 	return c, nil
 }
+
+func sourceStatus(name string, s *config.Source, now time.Time) SourceStatus {
+	ss := SourceStatus{Name: name, Type: s.Type, Schedule: string(s.Schedule), Targets: s.Targets, Policy: string(s.Policy)}
+	if s.Schedule != "" {
+		if sched, err := s.Schedule.Schedule(); err == nil {
+			next := sched.Next(now).UTC()
+			ss.NextRun = &next
+		}
+	}
+	return ss
+}
+
+// withLastBackup adds the source's newest backup from the catalog.
+func (d *Daemon) withLastBackup(ctx context.Context, ss SourceStatus) (SourceStatus, error) {
+	b, err := d.store.LatestBackup(ctx, ss.Name)
+	switch {
+	case err == nil:
+		lb := &LastBackup{ID: b.ID, State: b.State}
+		if !b.FinishedAt.IsZero() {
+			t := b.FinishedAt.UTC()
+			lb.FinishedAt = &t
+		}
+		ss.LastBackup = lb
+	case !isNotFound(err):
+		return ss, fmt.Errorf("last backup of %s: %w", ss.Name, err)
+	}
+	return ss, nil
+}
+
+// sources is GET /api/v1/sources.
+func (d *Daemon) sources(ctx context.Context) (any, error) {
+	cfg := d.cfg.Load()
+	now := time.Now().UTC()
+	out := SourceList{Items: []SourceStatus{}}
+	for name, s := range cfg.Sources {
+		ss, err := d.withLastBackup(ctx, sourceStatus(name, s, now))
+		if err != nil {
+			return nil, err
+		}
+		out.Items = append(out.Items, ss)
+	}
+	sort.Slice(out.Items, func(i, j int) bool { return out.Items[i].Name < out.Items[j].Name })
+	return out, nil
+}
+
+// source is GET /api/v1/sources/{name}.
+func (d *Daemon) source(ctx context.Context, name string) (any, error) {
+	s, ok := d.cfg.Load().Sources[name]
+	if !ok {
+		return nil, fmt.Errorf("source %q: %w", name, service.ErrUnknownSource)
+	}
+	return d.withLastBackup(ctx, sourceStatus(name, s, time.Now().UTC()))
+}
+
+func isNotFound(err error) bool { return errors.Is(err, state.ErrNotFound) }

@@ -157,3 +157,20 @@ func (s *Server) backupError(w http.ResponseWriter, r *http.Request, what string
 		writeProblem(w, r, probInternal.with(what+" failed; see the daemon log for request "+requestIDFrom(r.Context())))
 	}
 }
+
+func (s *Server) handleSources(w http.ResponseWriter, r *http.Request) {
+	s.serveDocument(w, r, "source list", s.deps.Sources)
+}
+
+func (s *Server) handleSource(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Source == nil {
+		writeProblem(w, r, probUnavailable.with("sources not available"))
+		return
+	}
+	doc, err := s.deps.Source(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.backupError(w, r, "get source", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, doc)
+}

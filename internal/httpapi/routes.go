@@ -37,8 +37,8 @@ func (s *Server) routes() {
 		{method: "GET", path: "/api/v1/audit/consistency", role: RoleViewer, handler: http.HandlerFunc(s.handleAuditConsistency)},
 
 		// Backups.
-		{method: "GET", path: "/api/v1/sources", role: RoleViewer, handler: notYet("the sources API")},
-		{method: "GET", path: "/api/v1/sources/{name}", role: RoleViewer, handler: notYet("the sources API")},
+		{method: "GET", path: "/api/v1/sources", role: RoleViewer, handler: http.HandlerFunc(s.handleSources)},
+		{method: "GET", path: "/api/v1/sources/{name}", role: RoleViewer, handler: http.HandlerFunc(s.handleSource)},
 		{method: "POST", path: "/api/v1/sources/{name}/backups", role: RoleOperator, action: "backup.run", object: pathObject("source", "name"), handler: http.HandlerFunc(s.handleRunBackup)},
 		{method: "GET", path: "/api/v1/backups", role: RoleViewer, handler: http.HandlerFunc(s.handleListBackups)},
 		{method: "GET", path: "/api/v1/backups/{id}", role: RoleViewer, handler: http.HandlerFunc(s.handleGetBackup)},

@@ -61,6 +61,10 @@ type Deps struct {
 	Audit AuditLog
 	// Backups serves the backup routes.
 	Backups Backups
+	// Sources builds GET /api/v1/sources; Source one source, with an error
+	// wrapping state.ErrNotFound for an unknown name.
+	Sources func(ctx context.Context) (any, error)
+	Source  func(ctx context.Context, name string) (any, error)
 }
 
 // ConfigError is returned by Deps.Reload when the new config is invalid.

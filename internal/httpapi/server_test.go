@@ -89,6 +89,7 @@ func newFixture(t *testing.T, mod func(*Settings)) *fixture {
 				"uptime_seconds": 1.5, "state_store": "sqlite", "config_hash": "abc", "sources": []any{},
 			}, nil
 		},
+		Backups: &fakeBackups{},
 		Reload: func(context.Context) error {
 			f.reloads++
 			if f.reloadFn != nil {

@@ -1,0 +1,102 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/opsd-dev/opsd/internal/action"
+	"github.com/opsd-dev/opsd/internal/state"
+)
+
+// fakeBackups is a catalog of one finished backup of source "demo".
+type fakeBackups struct{}
+
+var fakeTime = time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
+
+func (fakeBackups) Enqueue(ctx context.Context, source string) (state.Backup, error) {
+	if source != "demo" {
+		return state.Backup{}, fmt.Errorf("source %q: %w", source, state.ErrNotFound)
+	}
+	return state.Backup{ID: "20261125T070000Z-abcd", Source: source, Type: "files", State: state.BackupQueued,
+		Actor: action.ActorFrom(ctx).String(), QueuedAt: fakeTime}, nil
+}
+
+func (f fakeBackups) ListBackups(_ context.Context, bf state.BackupFilter) ([]state.Backup, string, error) {
+	if _, err := state.CheckBackupFilter(bf); err != nil {
+		return nil, "", err
+	}
+	b, _, _ := f.GetBackup(context.Background(), "20261125T060000Z-abcd")
+	return []state.Backup{b}, "", nil
+}
+
+func (fakeBackups) GetBackup(_ context.Context, id string) (state.Backup, []state.Copy, error) {
+	if id != "20261125T060000Z-abcd" {
+		return state.Backup{}, nil, fmt.Errorf("backup %s: %w", id, state.ErrNotFound)
+	}
+	b := state.Backup{ID: id, Source: "demo", Type: "files", State: state.BackupSucceeded, Actor: "scheduler:backup:demo",
+		QueuedAt: fakeTime, StartedAt: fakeTime, FinishedAt: fakeTime.Add(2 * time.Second), RawBytes: 10, StoredBytes: 5,
+		Manifest: []byte(`{"id":"` + id + `"}`)}
+	copies := []state.Copy{{BackupID: id, Target: "a", State: state.CopyComplete, Key: "demo/" + id + "/data.tar.zst.age", Bytes: 5,
+		SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", StartedAt: fakeTime, FinishedAt: fakeTime.Add(time.Second)}}
+	return b, copies, nil
+}
+
+func TestBackupRoutes(t *testing.T) {
+	tests := []struct {
+		name     string
+		method   string
+		path     string
+		token    string
+		wantCode int
+	}{
+		{"run as operator", "POST", "/api/v1/sources/demo/backups", "operator", 202},
+		{"run as viewer", "POST", "/api/v1/sources/demo/backups", "viewer", 403},
+		{"run unknown source", "POST", "/api/v1/sources/nope/backups", "operator", 404},
+		{"list", "GET", "/api/v1/backups?source=demo&limit=5", "viewer", 200},
+		{"list bad state", "GET", "/api/v1/backups?state=weird", "viewer", 400},
+		{"list bad limit", "GET", "/api/v1/backups?limit=-1", "viewer", 400},
+		{"get", "GET", "/api/v1/backups/20261125T060000Z-abcd", "viewer", 200},
+		{"get unknown", "GET", "/api/v1/backups/20261125T060000Z-ffff", "viewer", 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			w := f.do(t, tt.method, tt.path, tt.token, "")
+			if w.Code != tt.wantCode {
+				t.Fatalf("%s %s = %d, want %d; body %s", tt.method, tt.path, w.Code, tt.wantCode, w.Body.String())
+			}
+		})
+	}
+}
+
+func TestRunBackupResponse(t *testing.T) {
+	f := newFixture(t, nil)
+	w := f.do(t, "POST", "/api/v1/sources/demo/backups", "operator", "")
+	if got := w.Header().Get("Location"); got != "/api/v1/backups/20261125T070000Z-abcd" {
+		t.Errorf("Location = %q", got)
+	}
+	var b struct{ ID, State, Actor string }
+	if err := json.Unmarshal(w.Body.Bytes(), &b); err != nil || b.State != "queued" || b.Actor != "token:operator" {
+		t.Errorf("body = %+v, %v", b, err)
+	}
+	want := []string{"token:operator backup.run accepted", "token:operator backup.run succeeded"}
+	if diff := cmp.Diff(want, f.rec.summary()); diff != "" {
+		t.Errorf("audit records (-want +got):\n%s", diff)
+	}
+	w = f.do(t, "GET", "/api/v1/backups/20261125T060000Z-abcd", "viewer", "")
+	var got struct {
+		DurationSeconds float64 `json:"duration_seconds"`
+		Copies          []struct {
+			Target string `json:"target"`
+		} `json:"copies"`
+		Manifest map[string]any `json:"manifest"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || got.DurationSeconds != 2 || len(got.Copies) != 1 || got.Manifest["id"] == nil {
+		t.Errorf("GET backup = %s (%v)", w.Body.String(), err)
+	}
+}
