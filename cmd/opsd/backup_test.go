@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,6 +111,21 @@ func TestBackupThroughDaemon(t *testing.T) {
 	}
 	if code, _, _ := cli(t, env, "backup", "run", "nope"); code != 1 {
 		t.Errorf("backup run of an unknown source = %d, want 1", code)
+	}
+
+	req, _ := http.NewRequest("GET", "http://"+d.addr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`opsd_backup_last_success_timestamp_seconds{source="demo"}`, `opsd_backup_bytes_total{source="demo",target="a"}`,
+		`opsd_backup_duration_seconds_count{source="demo"} 1`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 
 	// The audit log has the request, the job run and one entry per copy.

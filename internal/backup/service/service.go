@@ -508,8 +508,12 @@ func GenerateIdentities(cfg *config.Config, log *slog.Logger) error {
 		if werr != nil {
 			return fmt.Errorf("age identity of %s: write %s: %w", name, e.AgeIdentityFile, werr)
 		}
+		shown := e.AgeIdentityFile
+		if abs, err := filepath.Abs(shown); err == nil {
+			shown = abs
+		}
 		log.Warn("generated the age identity that decrypts backups; copy it somewhere safe OFF this host: without it no backup can be restored",
-			"source", name, "path", e.AgeIdentityFile, "recipient", id.Recipient().String())
+			"source", name, "path", shown, "recipient", id.Recipient().String())
 	}
 	return nil
 }
