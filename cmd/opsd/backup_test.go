@@ -225,3 +225,70 @@ func TestSourcesAPI(t *testing.T) {
 		t.Errorf("GET sources/nope = %d, want 404", code)
 	}
 }
+
+// TestBackupKill9 kills a real opsd in the middle of a backup: after a
+// restart no copy of that backup is visible on any target (the storage
+// lists nothing), and the catalog still says running until River rescues
+// the job, whose re-run starts clean.
+func TestBackupKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the kill -9 test")
+	}
+	dir := t.TempDir()
+	cfgPath := writeBackupConfig(t, dir, "@daily")
+	cfg, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := `  slow:
+    type: command
+    command: [sh, -c, "head -c 3000000 /dev/urandom; sleep 10"]
+    extension: bin
+    schedule: "@daily"
+    targets: [a, b]
+    encryption: {age_identity_file: ./keys/age.key, generate: true}
+`
+	if err := os.WriteFile(cfgPath, append(cfg, slow...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, cfgPath, true)
+	env := map[string]string{"OPSD_ADDR": d.addr, "OPSD_TOKEN": testToken}
+	code, out, errOut := cli(t, env, "backup", "run", "slow", "--json")
+	if code != 0 {
+		t.Fatalf("backup run = %d %s %s", code, out, errOut)
+	}
+	var b backupView
+	if err := json.Unmarshal([]byte(out), &b); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var got backupView
+		d.api(t, "GET", "/api/v1/backups/"+b.ID, testToken, &got)
+		if got.State == "running" && len(got.Copies) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backup not running after 20s: %+v", got)
+		}
+	}
+	time.Sleep(time.Second) // data is flowing into the targets
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-d.exited
+
+	d2 := startDaemon(t, cfgPath, true)
+	var got backupView
+	if code := d2.api(t, "GET", "/api/v1/backups/"+b.ID, testToken, &got); code != 200 || got.State != "running" {
+		t.Errorf("after kill -9: backup = %d %+v, want still running (until River rescues its job)", code, got)
+	}
+	for _, target := range []string{"a", "b"} {
+		code, out, errOut := cli(t, nil, "backup", "list", "--target", target, "--config", cfgPath, "--json")
+		if code != 0 || strings.Contains(out, b.ID) {
+			t.Errorf("offline list of %s after kill -9 = %d %s %s; want no trace of %s", target, code, out, errOut, b.ID)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "target-"+target, "slow", b.ID, "manifest.json")); err == nil {
+			t.Errorf("manifest of the killed backup exists on %s", target)
+		}
+	}
+}
