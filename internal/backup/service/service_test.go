@@ -219,3 +219,40 @@ func TestBackupLifecycle(t *testing.T) {
 		t.Errorf("rebuilt backup = %+v %+v %v", rb, rcopies, err)
 	}
 }
+
+func TestBackupSourceFails(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	f.svc.opts.Config().Sources["demo"].Paths = []string{filepath.Join(f.dir, "does-not-exist")}
+	b, err := f.svc.Enqueue(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.svc.work(ctx, 1, b.QueuedAt, f.queue.args[0])
+	if err == nil || !strings.Contains(err.Error(), "failed") {
+		t.Errorf("work = %v, want the job cancelled with the failure", err)
+	}
+	got, copies, err := f.store.GetBackup(ctx, b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != state.BackupFailed || got.Error == "" || got.FinishedAt.IsZero() {
+		t.Errorf("backup = %+v, want failed with an error", got)
+	}
+	for _, c := range copies {
+		if c.State != state.CopyFailed {
+			t.Errorf("copy %s = %s, want failed", c.Target, c.State)
+		}
+		if n := testutil.ToFloat64(f.metrics.failures.WithLabelValues("demo", c.Target, "source")); n != 1 {
+			t.Errorf("failures_total{%s,source} = %v, want 1", c.Target, n)
+		}
+	}
+	for _, target := range []string{"a", "b"} {
+		if err := f.targets[target].List(ctx, "demo/", func(oi storage.ObjectInfo) error {
+			t.Errorf("object %s left on %s by a failed backup", oi.Key, target)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
