@@ -72,6 +72,7 @@ func runBackupRun(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stderr, "queued backup %s of %s; waiting\n", b.ID, b.Source)
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
+	start, last := time.Now(), b.State
 	for !terminal(b.State) {
 		select {
 		case <-ctx.Done():
@@ -80,6 +81,10 @@ func runBackupRun(ctx context.Context, e *env, args []string) error {
 		}
 		if err := c.do(ctx, "GET", "/api/v1/backups/"+url.PathEscape(b.ID), nil, &b); err != nil {
 			return err
+		}
+		if b.State != last {
+			last = b.State
+			fmt.Fprintf(e.stderr, "%s after %s\n", b.State, time.Since(start).Round(100*time.Millisecond))
 		}
 	}
 	if err := printBackup(e, b, *asJSON); err != nil {

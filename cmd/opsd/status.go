@@ -34,6 +34,11 @@ type statusView struct {
 		Targets  []string  `json:"targets"`
 		Policy   string    `json:"policy"`
 		Level    *string   `json:"level"`
+		// LastBackup is the newest backup in the catalog, if any.
+		LastBackup *struct {
+			ID    string `json:"id"`
+			State string `json:"state"`
+		} `json:"last_backup"`
 	} `json:"sources"`
 	Runs    []json.RawMessage `json:"runs"`
 	Alerts  []json.RawMessage `json:"alerts"`
@@ -69,7 +74,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintln(e.stdout)
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tTYPE\tSCHEDULE\tNEXT RUN\tTARGETS\tPOLICY\tLEVEL")
+	fmt.Fprintln(tw, "SOURCE\tTYPE\tSCHEDULE\tNEXT RUN\tTARGETS\tPOLICY\tLEVEL\tLAST BACKUP")
 	for _, s := range st.Sources {
 		level := "-"
 		if s.Level != nil {
@@ -79,7 +84,11 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		if !s.NextRun.IsZero() {
 			next = s.NextRun.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Type, s.Schedule, next, strings.Join(s.Targets, ","), dash(s.Policy), level)
+		last := "-"
+		if s.LastBackup != nil {
+			last = s.LastBackup.ID + " " + s.LastBackup.State
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Type, s.Schedule, next, strings.Join(s.Targets, ","), dash(s.Policy), level, last)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -125,7 +125,7 @@ type targetSet struct {
 	cfg    *config.Config
 	opener *location.Opener
 	log    *slog.Logger
-	mu     sync.Mutex // guards open: backup jobs open targets concurrently
+	mu     sync.Mutex // guards cfg and open: backup jobs open targets concurrently
 	open   map[string]storage.Backend
 }
 
@@ -136,6 +136,14 @@ func newTargetSet(cfg *config.Config, reg prometheus.Registerer, log *slog.Logge
 	}
 	return &targetSet{cfg: cfg, log: log, open: map[string]storage.Backend{},
 		opener: &location.Opener{Registry: location.NewDefaultRegistry(), Stack: location.Stack{Metrics: m}}}, nil
+}
+
+// update makes targets added by a reloaded config available. A target
+// already open keeps its backend until restart.
+func (s *targetSet) update(cfg *config.Config) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg = cfg
 }
 
 func (s *targetSet) get(ctx context.Context, name string) (storage.Backend, error) {

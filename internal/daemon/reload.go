@@ -62,6 +62,7 @@ func (d *Daemon) applyReload(ctx context.Context) error {
 	if err := d.jobs.Reconfigure(ctx, next); err != nil {
 		return fmt.Errorf("apply schedules: %w", err)
 	}
+	d.targets.update(next)
 	d.api.Update(apiSettings(next))
 	d.cfg.Store(&loadedConfig{Config: next, loadedAt: time.Now().UTC()})
 	d.log.Info("config reloaded", "config_hash", next.Hash())

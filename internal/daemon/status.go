@@ -48,8 +48,8 @@ type SourceStatus struct {
 	Targets  []string   `json:"targets"`
 	Policy   string     `json:"policy,omitempty"`
 	Level    *string    `json:"level"`
-	// LastBackup is the newest backup in the catalog (GET /api/v1/sources
-	// only); nil when there is none.
+	// LastBackup is the newest backup in the catalog; nil when there is
+	// none.
 	LastBackup *LastBackup `json:"last_backup,omitempty"`
 }
 
@@ -95,7 +95,11 @@ func (d *Daemon) status(ctx context.Context) (any, error) {
 		st.Audit.Healthy, st.Audit.Error = false, err.Error()
 	}
 	for name, s := range cfg.Sources {
-		st.Sources = append(st.Sources, sourceStatus(name, s, now))
+		ss := sourceStatus(name, s, now)
+		if withLast, err := d.withLastBackup(ctx, ss); err == nil {
+			ss = withLast
+		}
+		st.Sources = append(st.Sources, ss)
 	}
 	sort.Slice(st.Sources, func(i, j int) bool { return st.Sources[i].Name < st.Sources[j].Name })
 	for name, t := range cfg.Targets {
