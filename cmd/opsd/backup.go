@@ -7,35 +7,13 @@ import (
 	"net/url"
 	"text/tabwriter"
 	"time"
+
+	"github.com/opsd-dev/opsd/internal/httpapi"
 )
 
-// backupView is the API's backup resource, as the CLI reads it.
-type backupView struct {
-	ID              string          `json:"id"`
-	Source          string          `json:"source"`
-	Type            string          `json:"type"`
-	State           string          `json:"state"`
-	Actor           string          `json:"actor"`
-	QueuedAt        string          `json:"queued_at"`
-	StartedAt       *string         `json:"started_at"`
-	FinishedAt      *string         `json:"finished_at"`
-	DurationSeconds *float64        `json:"duration_seconds"`
-	RawBytes        int64           `json:"raw_bytes"`
-	StoredBytes     int64           `json:"stored_bytes"`
-	Error           string          `json:"error,omitempty"`
-	Copies          []copyView      `json:"copies,omitempty"`
-	Manifest        json.RawMessage `json:"manifest,omitempty"`
-}
-
-type copyView struct {
-	Target          string   `json:"target"`
-	State           string   `json:"state"`
-	Key             string   `json:"key"`
-	Bytes           int64    `json:"bytes"`
-	SHA256          string   `json:"sha256"`
-	DurationSeconds *float64 `json:"duration_seconds"`
-	Error           string   `json:"error,omitempty"`
-}
+// backupView is the API's backup resource (internal/httpapi), as the CLI
+// reads it.
+type backupView = httpapi.BackupResource
 
 func terminal(state string) bool {
 	return state == "succeeded" || state == "partial" || state == "failed"

@@ -20,8 +20,8 @@ type Backups interface {
 	GetBackup(ctx context.Context, id string) (state.Backup, []state.Copy, error)
 }
 
-// backupResource is a backup as the API shows it (SPEC §4).
-type backupResource struct {
+// BackupResource is a backup as the API shows it (SPEC §4).
+type BackupResource struct {
 	ID              string          `json:"id"`
 	Source          string          `json:"source"`
 	Type            string          `json:"type"`
@@ -35,11 +35,12 @@ type backupResource struct {
 	RawBytes        int64           `json:"raw_bytes"`
 	StoredBytes     int64           `json:"stored_bytes"`
 	Error           string          `json:"error,omitempty"`
-	Copies          []copyResource  `json:"copies,omitempty"`
+	Copies          []CopyResource  `json:"copies,omitempty"`
 	Manifest        json.RawMessage `json:"manifest,omitempty"`
 }
 
-type copyResource struct {
+// CopyResource is one copy of a backup on one target.
+type CopyResource struct {
 	Target          string   `json:"target"`
 	State           string   `json:"state"`
 	Key             string   `json:"key"`
@@ -52,7 +53,7 @@ type copyResource struct {
 }
 
 type backupList struct {
-	Items      []backupResource `json:"items"`
+	Items      []BackupResource `json:"items"`
 	NextCursor string           `json:"next_cursor"`
 }
 
@@ -72,8 +73,8 @@ func durationOf(start, end time.Time) *float64 {
 	return &d
 }
 
-func toBackupResource(b state.Backup) backupResource {
-	return backupResource{ID: b.ID, Source: b.Source, Type: b.Type, State: b.State, Actor: b.Actor, JobID: b.JobID,
+func toBackupResource(b state.Backup) BackupResource {
+	return BackupResource{ID: b.ID, Source: b.Source, Type: b.Type, State: b.State, Actor: b.Actor, JobID: b.JobID,
 		QueuedAt: b.QueuedAt.UTC().Format(time.RFC3339Nano), StartedAt: timeText(b.StartedAt), FinishedAt: timeText(b.FinishedAt),
 		DurationSeconds: durationOf(b.StartedAt, b.FinishedAt), RawBytes: b.RawBytes, StoredBytes: b.StoredBytes, Error: b.Error}
 }
@@ -116,7 +117,7 @@ func (s *Server) handleListBackups(w http.ResponseWriter, r *http.Request) {
 		s.backupError(w, r, "list backups", err)
 		return
 	}
-	out := backupList{Items: make([]backupResource, 0, len(items)), NextCursor: next}
+	out := backupList{Items: make([]BackupResource, 0, len(items)), NextCursor: next}
 	for _, b := range items {
 		out.Items = append(out.Items, toBackupResource(b))
 	}
@@ -134,9 +135,9 @@ func (s *Server) handleGetBackup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := toBackupResource(b)
-	out.Copies = make([]copyResource, 0, len(copies))
+	out.Copies = make([]CopyResource, 0, len(copies))
 	for _, c := range copies {
-		out.Copies = append(out.Copies, copyResource{Target: c.Target, State: c.State, Key: c.Key, Bytes: c.Bytes, SHA256: c.SHA256,
+		out.Copies = append(out.Copies, CopyResource{Target: c.Target, State: c.State, Key: c.Key, Bytes: c.Bytes, SHA256: c.SHA256,
 			StartedAt: timeText(c.StartedAt), FinishedAt: timeText(c.FinishedAt), DurationSeconds: durationOf(c.StartedAt, c.FinishedAt), Error: c.Error})
 	}
 	if len(b.Manifest) > 0 && json.Valid(b.Manifest) {
