@@ -15,7 +15,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/opsd-dev/opsd/internal/backup"
-	"github.com/opsd-dev/opsd/internal/backup/internal/dirstore"
+	"github.com/opsd-dev/opsd/internal/storage/local"
 	"github.com/opsd-dev/opsd/internal/backup/source"
 	"github.com/opsd-dev/opsd/internal/signing"
 	"github.com/opsd-dev/opsd/internal/storage"
@@ -54,11 +54,11 @@ func newKeys(t testing.TB) keys {
 	return keys{signer: s, verifier: v, vkey: g.VerifierKey, identity: id, recipients: []age.Recipient{id.Recipient()}}
 }
 
-func newStores(t testing.TB, names ...string) []*dirstore.Store {
+func newStores(t testing.TB, names ...string) []*local.Backend {
 	t.Helper()
-	var out []*dirstore.Store
+	var out []*local.Backend
 	for _, n := range names {
-		s, err := dirstore.New(n, filepath.Join(t.TempDir(), n))
+		s, err := local.New(n, filepath.Join(t.TempDir(), n))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,7 +86,7 @@ func ctxT(t testing.TB) context.Context {
 	return ctx
 }
 
-// countObjects counts the objects on a dirstore.
+// countObjects counts the objects on a local target.
 func countObjects(t testing.TB, s storage.Backend) int {
 	t.Helper()
 	n := 0

@@ -211,7 +211,7 @@ func TestFlippedByteFallsBackToNextCopy(t *testing.T) {
 			k := newKeys(t)
 			st := newStores(t, "first", "second")
 			res := backupGen(t, k, backends(st...))
-			p := filepath.Join(st[0].Dir(), filepath.FromSlash(res.Copies[0].Key))
+			p := filepath.Join(st[0].Root(), filepath.FromSlash(res.Copies[0].Key))
 			data, err := os.ReadFile(p)
 			if err != nil {
 				t.Fatal(err)
@@ -250,7 +250,7 @@ func TestRestoreRefusals(t *testing.T) {
 	k := newKeys(t)
 	st := newStores(t, "a")
 	res := backupGen(t, k, backends(st...))
-	dir := st[0].Dir()
+	dir := st[0].Root()
 	mpath := filepath.Join(dir, "gen", res.ID, manifest.ManifestName)
 	spath := mpath + ".sig"
 	origM, _ := os.ReadFile(mpath)
@@ -327,8 +327,8 @@ func TestSignatureForAnotherBackupRefused(t *testing.T) {
 	b := backupGen(t, k, backends(st...))
 	// Copy b's manifest and signature over a's: a valid signature, wrong place.
 	for _, name := range []string{manifest.ManifestName, manifest.SignatureName} {
-		data, _ := os.ReadFile(filepath.Join(st[0].Dir(), "gen", b.ID, name))
-		os.WriteFile(filepath.Join(st[0].Dir(), "gen", a.ID, name), data, 0o644)
+		data, _ := os.ReadFile(filepath.Join(st[0].Root(), "gen", b.ID, name))
+		os.WriteFile(filepath.Join(st[0].Root(), "gen", a.ID, name), data, 0o644)
 	}
 	list, err := backup.List(ctxT(t), st[0], k.verifier)
 	if len(list) != 1 || list[0].ID != b.ID || !errors.Is(err, manifest.ErrBadSignature) {

@@ -317,10 +317,10 @@ func sh(t *testing.T, dir, script string, env ...string) string {
 
 // fetch copies a backup's objects from a dirstore into a work dir, as
 // `aws s3 cp --recursive` would.
-func fetch(t *testing.T, st interface{ Dir() string }, res *backup.Result, k keys) string {
+func fetch(t *testing.T, st interface{ Root() string }, res *backup.Result, k keys) string {
 	t.Helper()
 	work := t.TempDir()
-	src := filepath.Join(st.Dir(), res.Manifest.Source, res.ID)
+	src := filepath.Join(st.Root(), res.Manifest.Source, res.ID)
 	ents, err := os.ReadDir(src)
 	if err != nil {
 		t.Fatal(err)
