@@ -15,10 +15,10 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/opsd-dev/opsd/internal/backup"
-	"github.com/opsd-dev/opsd/internal/storage/local"
 	"github.com/opsd-dev/opsd/internal/backup/source"
 	"github.com/opsd-dev/opsd/internal/signing"
 	"github.com/opsd-dev/opsd/internal/storage"
+	"github.com/opsd-dev/opsd/internal/storage/local"
 )
 
 func TestMain(m *testing.M) {
