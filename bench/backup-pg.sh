@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# PostgreSQL backup benchmark (issue #4, "Performance"): one run measures, side
+# by side on the same database,
+#   pg_dump -Fc                                   (file)
+#   pg_dump -Fc -Z0 | zstd -3 -T0 | age -r KEY    (the single-file pipe: the reference)
+#   restic backup --stdin of pg_dump -Fc -Z0      (first backup, fresh repo; if restic exists)
+#   opsd backup run --wait                        (daemon; targets local + Versity Gateway (S3)
+#                                                  + fake-gcs-server, each a separate process)
+# and the restores
+#   age -d | zstd -d | pg_restore -d              vs  opsd backup restore --to-postgres (offline, local target)
+# plus the daemon's peak RSS (VmHWM).
+#
+#   bench/backup-pg.sh                   # 7,000,000 rows (~850 MiB on disk)
+#   BENCH_ROWS=700000 bench/backup-pg.sh # quick run
+#
+# Needs: psql, pg_dump, pg_restore, zstd, age, age-keygen, go, curl, jq,
+# versitygw (PATH or $(go env GOPATH)/bin). Everything is on loopback and
+# under a mktemp -d work directory removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROWS=${BENCH_ROWS:-7000000}
+ADMIN_DSN=${OPSD_TEST_POSTGRES_DSN:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
+
+# dsn_for DB: ADMIN_DSN with its database name replaced.
+dsn_for() {
+	local db=$1 base query=""
+	base=${ADMIN_DSN%%\?*}
+	[[ $ADMIN_DSN == *\?* ]] && query="?${ADMIN_DSN#*\?}"
+	echo "${base%/*}/$db$query"
+}
+BENCH_DSN=$(dsn_for opsd_bench)
+PIPE_DB=opsd_bench_restore_pipe
+OPSD_DB=opsd_bench_restore_opsd
+
+for tool in psql pg_dump pg_restore zstd age age-keygen go curl jq; do
+	command -v "$tool" >/dev/null || { echo "backup-pg.sh: $tool not found" >&2; exit 1; }
+done
+VERSITYGW=$(command -v versitygw || true)
+[[ -n $VERSITYGW ]] || VERSITYGW="$(go env GOPATH)/bin/versitygw"
+[[ -x $VERSITYGW ]] || { echo "backup-pg.sh: versitygw not found (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)" >&2; exit 1; }
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	for db in "$PIPE_DB" "$OPSD_DB"; do
+		psql -q "$ADMIN_DSN" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+	done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "== $*" >&2; }
+now() { date +%s.%N; }
+since() { echo "$(now) $1" | awk '{printf "%.2f", $1 - $2}'; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # URL NAME: any HTTP answer within 20 s
+	local i
+	for i in $(seq 200); do
+		curl -s -o /dev/null --max-time 1 "$1" && return 0
+		sleep 0.1
+	done
+	echo "backup-pg.sh: $2 did not answer on $1" >&2
+	return 1
+}
+recreate_db() { PGOPTIONS="-c client_min_messages=warning" psql -q -v ON_ERROR_STOP=1 "$ADMIN_DSN" -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" >/dev/null; }
+
+# ---------------------------------------------------------------- data
+log "data: $ROWS rows into opsd_bench"
+recreate_db opsd_bench
+t0=$(now)
+psql -q -v ON_ERROR_STOP=1 "$BENCH_DSN" >/dev/null <<SQL
+CREATE TABLE events (
+	id         bigint PRIMARY KEY,
+	account    text NOT NULL,
+	payload    text NOT NULL,
+	created_at timestamptz NOT NULL,
+	amount     numeric(12,2) NOT NULL,
+	status     text NOT NULL
+);
+INSERT INTO events
+SELECT g,
+       md5(g::text),
+       md5((g * 7919)::text || 'opsd'),
+       timestamptz '2024-01-01' + g * interval '1 second',
+       round((random() * 10000)::numeric, 2),
+       (ARRAY['new','paid','shipped','refunded','cancelled'])[1 + g % 5]
+FROM generate_series(1, $ROWS) g;
+ANALYZE events;
+SQL
+DB_BYTES=$(psql -At "$BENCH_DSN" -c "SELECT pg_database_size(current_database())")
+log "data loaded in $(since "$t0") s; pg_database_size = $DB_BYTES bytes ($(psql -At "$BENCH_DSN" -c "SELECT pg_size_pretty(pg_database_size(current_database()))"))"
+
+# ---------------------------------------------------------------- keys
+age-keygen -o "$WORK/age.key" 2>/dev/null
+RECIPIENT=$(age-keygen -y "$WORK/age.key")
+
+declare -A SECS SIZE
+# ---------------------------------------------------------------- baselines
+log "baseline: pg_dump -Fc"
+t0=$(now)
+pg_dump -Fc -f "$WORK/dump.Fc" "$BENCH_DSN"
+SECS[pg_dump_Fc]=$(since "$t0")
+SIZE[pg_dump_Fc]=$(stat -c %s "$WORK/dump.Fc")
+rm -f "$WORK/dump.Fc"
+
+log "baseline: pg_dump -Fc -Z0 | zstd -3 -T0 | age"
+t0=$(now)
+pg_dump -Fc -Z0 "$BENCH_DSN" | zstd -q -3 -T0 | age -r "$RECIPIENT" >"$WORK/pipe.zst.age"
+SECS[pipe]=$(since "$t0")
+SIZE[pipe]=$(stat -c %s "$WORK/pipe.zst.age")
+
+if command -v restic >/dev/null; then
+	log "baseline: restic backup --stdin (first backup, fresh repo)"
+	export RESTIC_PASSWORD=opsd-bench RESTIC_REPOSITORY="$WORK/restic"
+	restic init -q
+	t0=$(now)
+	pg_dump -Fc -Z0 "$BENCH_DSN" | restic backup -q --stdin --stdin-filename opsd_bench.dump
+	SECS[restic]=$(since "$t0")
+	SIZE[restic]=$(du -sb "$WORK/restic" | cut -f1)
+	unset RESTIC_PASSWORD RESTIC_REPOSITORY
+	rm -rf "$WORK/restic"
+else
+	log "restic not found: skipped"
+fi
+
+# ---------------------------------------------------------------- stores
+log "build opsd and fake-gcs-server"
+go build -o "$WORK/opsd" ./cmd/opsd
+go build -o "$WORK/fake-gcs-server" github.com/fsouza/fake-gcs-server
+
+S3_PORT=$(free_port)
+export AWS_ACCESS_KEY_ID=opsdbench AWS_SECRET_ACCESS_KEY=opsdbenchsecret AWS_REGION=us-east-1
+mkdir -p "$WORK/versity/data/opsd-bench" "$WORK/versity/versions" # a directory under the posix root is a bucket
+"$VERSITYGW" --port "127.0.0.1:$S3_PORT" --access "$AWS_ACCESS_KEY_ID" --secret "$AWS_SECRET_ACCESS_KEY" \
+	--region us-east-1 --quiet posix --versioning-dir "$WORK/versity/versions" "$WORK/versity/data" \
+	>"$WORK/versitygw.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$S3_PORT/" versitygw
+
+GCS_PORT=$(free_port)
+mkdir -p "$WORK/gcs/opsd-bench" # a directory under the filesystem root is a bucket
+"$WORK/fake-gcs-server" -scheme http -host 127.0.0.1 -port "$GCS_PORT" -backend filesystem \
+	-filesystem-root "$WORK/gcs" -public-host "127.0.0.1:$GCS_PORT" -external-url "http://127.0.0.1:$GCS_PORT" \
+	-log-level warn >"$WORK/fake-gcs-server.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$GCS_PORT/storage/v1/b" fake-gcs-server
+curl -sf "http://127.0.0.1:$GCS_PORT/storage/v1/b/opsd-bench" >/dev/null ||
+	{ echo "backup-pg.sh: fake-gcs-server does not list bucket opsd-bench" >&2; exit 1; }
+# The GCS client library goes unauthenticated only for an emulator named by
+# STORAGE_EMULATOR_HOST (the config has no "no auth" switch).
+export STORAGE_EMULATOR_HOST="http://127.0.0.1:$GCS_PORT"
+
+# ---------------------------------------------------------------- opsd
+OPSD_PORT=$(free_port)
+export OPSD_TOKEN=opsd-bench-token OPSD_ADDR="http://127.0.0.1:$OPSD_PORT"
+TOKEN_SHA=$(printf %s "$OPSD_TOKEN" | sha256sum | cut -d' ' -f1)
+cat >"$WORK/opsd.yaml" <<YAML
+data_dir: $WORK/opsd-data
+server:
+  listen: 127.0.0.1:$OPSD_PORT
+  tokens:
+    - {name: bench, role: admin, sha256: $TOKEN_SHA}
+targets:
+  local: {type: local, path: $WORK/backups-local}
+  s3:    {type: s3, bucket: opsd-bench, endpoint: "http://127.0.0.1:$S3_PORT", path_style: true, region: us-east-1}
+  gcs:   {type: gcs, bucket: opsd-bench, endpoint: "http://127.0.0.1:$GCS_PORT/storage/v1/"}
+sources:
+  bench:
+    type: postgres
+    dsn: "$BENCH_DSN"
+    schedule: "0 0 1 1 *"
+    targets: [local, s3, gcs]
+    encryption: {age_recipients: ["$RECIPIENT"]}
+    compression: {zstd_level: 3}
+YAML
+mkdir -p "$WORK/backups-local"
+"$WORK/opsd" config check "$WORK/opsd.yaml" >&2
+"$WORK/opsd" serve --config "$WORK/opsd.yaml" >"$WORK/opsd.log" 2>&1 &
+OPSD_PID=$!
+PIDS+=($OPSD_PID)
+for i in $(seq 300); do
+	[[ $(curl -s -o /dev/null -w '%{http_code}' "$OPSD_ADDR/readyz") == 200 ]] && break
+	kill -0 "$OPSD_PID" 2>/dev/null || { cat "$WORK/opsd.log" >&2; exit 1; }
+	sleep 0.1
+done
+[[ $(curl -s -o /dev/null -w '%{http_code}' "$OPSD_ADDR/readyz") == 200 ]] || { echo "opsd not ready" >&2; cat "$WORK/opsd.log" >&2; exit 1; }
+
+log "opsd backup run bench --wait (local + s3 + gcs)"
+t0=$(now)
+if ! "$WORK/opsd" backup run bench --wait --json >"$WORK/backup.json"; then
+	cat "$WORK/backup.json" >&2
+	tail -50 "$WORK/opsd.log" >&2
+	exit 1
+fi
+SECS[opsd]=$(since "$t0")
+RSS_KIB=$(awk '/^VmHWM:/ {print $2}' "/proc/$OPSD_PID/status")
+BACKUP_ID=$(jq -r .id "$WORK/backup.json")
+RAW_BYTES=$(jq -r .raw_bytes "$WORK/backup.json")
+SIZE[opsd]=$(jq -r .stored_bytes "$WORK/backup.json")
+log "backup $BACKUP_ID: state $(jq -r .state "$WORK/backup.json"), raw $RAW_BYTES bytes, stored ${SIZE[opsd]}"
+kill "$OPSD_PID"
+wait "$OPSD_PID" 2>/dev/null || true
+du -sb "$WORK/backups-local" "$WORK/versity/data/opsd-bench" "$WORK/gcs/opsd-bench" >&2
+
+# ---------------------------------------------------------------- restores
+log "restore: age -d | zstd -d | pg_restore"
+recreate_db "$PIPE_DB"
+t0=$(now)
+age -d -i "$WORK/age.key" "$WORK/pipe.zst.age" | zstd -q -d | pg_restore -d "$(dsn_for "$PIPE_DB")"
+SECS[restore_pipe]=$(since "$t0")
+
+log "restore: opsd backup restore --target local --to-postgres (offline)"
+recreate_db "$OPSD_DB"
+t0=$(now)
+"$WORK/opsd" backup restore "$BACKUP_ID" --config "$WORK/opsd.yaml" --target local \
+	--identity "$WORK/age.key" --to-postgres "$(dsn_for "$OPSD_DB")" >&2
+SECS[restore_opsd]=$(since "$t0")
+
+for db in "$PIPE_DB" "$OPSD_DB"; do
+	n=$(psql -At "$(dsn_for "$db")" -c "SELECT count(*) FROM events")
+	[[ $n == "$ROWS" ]] || { echo "backup-pg.sh: $db has $n rows, want $ROWS" >&2; exit 1; }
+done
+
+# ---------------------------------------------------------------- table
+echo
+echo "rows $ROWS; pg_database_size $((DB_BYTES / 1048576)) MiB; dump (pg_dump -Fc -Z0) $((RAW_BYTES / 1048576)) MiB; $(nproc) cores; $(date -u +%F)"
+row() { # name secs stored rss
+	awk -v n="$1" -v s="$2" -v raw="$RAW_BYTES" -v ref="${SECS[$5]}" -v st="$3" -v rss="$4" 'BEGIN {
+		printf "%-44s %8.2f %8.1f %8.2fx %11s %9s\n", n, s, raw / 1e6 / s, s / ref, (st == "" ? "-" : sprintf("%.1f", st / 1048576)), rss }'
+}
+printf "%-44s %8s %8s %9s %11s %9s\n" "backup" "s" "MB/s" "vs pipe" "stored MiB" "RSS MiB"
+row "pg_dump -Fc" "${SECS[pg_dump_Fc]}" "${SIZE[pg_dump_Fc]}" - pipe
+row "pg_dump -Fc -Z0 | zstd -3 -T0 | age" "${SECS[pipe]}" "${SIZE[pipe]}" - pipe
+[[ -n ${SECS[restic]:-} ]] && row "restic backup --stdin (first)" "${SECS[restic]}" "${SIZE[restic]}" - pipe
+row "opsd backup run (local+s3+gcs)" "${SECS[opsd]}" "${SIZE[opsd]}" "$((RSS_KIB / 1024))" pipe
+echo
+printf "%-44s %8s %8s %9s\n" "restore" "s" "MB/s" "vs pipe"
+row "age -d | zstd -d | pg_restore" "${SECS[restore_pipe]}" "" - restore_pipe | cut -c1-73
+row "opsd backup restore --to-postgres" "${SECS[restore_opsd]}" "" - restore_pipe | cut -c1-73
+echo
+verdict() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b ? "PASS" : "MISS") }'; }
+r_backup=$(awk -v a="${SECS[opsd]}" -v b="${SECS[pipe]}" 'BEGIN {printf "%.2f", a / b}')
+r_restore=$(awk -v a="${SECS[restore_opsd]}" -v b="${SECS[restore_pipe]}" 'BEGIN {printf "%.2f", a / b}')
+printf "%-44s %-18s %s\n" "target" "got" "result"
+printf "%-44s %-18s %s\n" "opsd backup <= 1.3x pipe" "${r_backup}x" "$(verdict "$r_backup" 1.3)"
+printf "%-44s %-18s %s\n" "opsd backup < pg_dump -Fc" "${SECS[opsd]} vs ${SECS[pg_dump_Fc]} s" "$(verdict "${SECS[opsd]}" "${SECS[pg_dump_Fc]}")"
+[[ -n ${SECS[restic]:-} ]] && printf "%-44s %-18s %s\n" "opsd backup < restic first backup" "${SECS[opsd]} vs ${SECS[restic]} s" "$(verdict "${SECS[opsd]}" "${SECS[restic]}")"
+printf "%-44s %-18s %s\n" "opsd restore <= 1.2x pipe restore" "${r_restore}x" "$(verdict "$r_restore" 1.2)"
+printf "%-44s %-18s %s\n" "opsd daemon peak RSS (VmHWM) <= 200 MiB" "$((RSS_KIB / 1024)) MiB" "$(verdict "$RSS_KIB" $((200 * 1024)))"
