@@ -279,8 +279,8 @@ func TestBackupKill9(t *testing.T) {
 
 	d2 := startDaemon(t, cfgPath, true)
 	var got backupView
-	if code := d2.api(t, "GET", "/api/v1/backups/"+b.ID, testToken, &got); code != 200 || got.State != "running" {
-		t.Errorf("after kill -9: backup = %d %+v, want still running (until River rescues its job)", code, got)
+	if code := d2.api(t, "GET", "/api/v1/backups/"+b.ID, testToken, &got); code != 200 || got.State != "failed" || !strings.Contains(got.Error, "interrupted") {
+		t.Errorf("after kill -9 and restart: backup = %d %+v, want failed as interrupted", code, got)
 	}
 	for _, target := range []string{"a", "b"} {
 		code, out, errOut := cli(t, nil, "backup", "list", "--target", target, "--config", cfgPath, "--json")

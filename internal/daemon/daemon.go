@@ -169,6 +169,13 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 	if _, err := d.backups.Rebuild(ctx); err != nil {
 		d.log.Error("catalog rebuild", "err", err)
 	}
+	// The embedded store belongs to this process alone (data_dir lock), so
+	// a backup still marked running was cut short by a crash.
+	if d.store.Kind() == state.KindSQLite {
+		if _, err := d.backups.RecoverInterrupted(ctx); err != nil {
+			return fmt.Errorf("recover interrupted backups: %w", err)
+		}
+	}
 	d.backups.InitMetrics(ctx)
 	d.api = httpapi.NewServer(httpapi.Deps{
 		Logger:     d.log,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/opsd-dev/opsd/internal/action"
 	"github.com/opsd-dev/opsd/internal/backup"
 	"github.com/opsd-dev/opsd/internal/backup/manifest"
 	"github.com/opsd-dev/opsd/internal/state"
@@ -81,4 +82,47 @@ func (s *Service) Rebuild(ctx context.Context) (int, error) {
 	}
 	s.log.Info("rebuilt the backup catalog from the targets' signed manifests", "backups", n, "targets", len(names))
 	return n, nil
+}
+
+// RecoverInterrupted marks every backup still `running` in the catalog as
+// failed and removes its partial objects. Call it only at start and only
+// when this process owns the state exclusively (the embedded SQLite store,
+// guarded by the data_dir lock): then a running row can only belong to a
+// process that died. With shared PostgreSQL state another replica may be
+// running it, and River's rescue of stuck jobs handles the dead ones.
+// Recovery passes the choke point as action backup.recover.
+func (s *Service) RecoverInterrupted(ctx context.Context) (int, error) {
+	var running []state.Backup
+	cursor := ""
+	for {
+		page, next, err := s.opts.Store.ListBackups(ctx, state.BackupFilter{State: state.BackupRunning, Cursor: cursor, Limit: state.MaxListLimit})
+		if err != nil {
+			return 0, fmt.Errorf("list running backups: %w", err)
+		}
+		running = append(running, page...)
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	cfg := s.opts.Config()
+	sys := action.Actor{Kind: action.ActorSystem, Name: "opsd"}
+	for _, b := range running {
+		log := s.log.With("source", b.Source, "backup", b.ID)
+		err := s.opts.Dispatcher.Do(ctx, action.Request{Actor: sys, Action: "backup.recover", Object: "backup/" + b.ID,
+			Params: map[string]any{"source": b.Source, "state": b.State}}, func(ctx context.Context) error {
+			if sc, ok := cfg.Sources[b.Source]; ok {
+				s.removeObjects(ctx, sc, b.Source+"/"+b.ID+"/", log)
+				s.failAll(sc, b.Source, "interrupted")
+			}
+			b.State, b.FinishedAt = state.BackupFailed, s.opts.Now().UTC()
+			b.Error = "interrupted: opsd stopped or crashed while this backup ran; its partial objects were removed"
+			return s.opts.Store.UpdateBackup(ctx, b)
+		})
+		if err != nil {
+			return 0, fmt.Errorf("recover backup %s: %w", b.ID, err)
+		}
+		log.Warn("backup was interrupted by a crash; marked failed and its partial objects removed")
+	}
+	return len(running), nil
 }
