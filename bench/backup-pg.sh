@@ -85,7 +85,7 @@ CREATE TABLE events (
 INSERT INTO events
 SELECT g,
        md5(g::text),
-       md5((g * 7919)::text || 'opsd'),
+       md5((g::bigint * 7919)::text || 'opsd'),
        timestamptz '2024-01-01' + g * interval '1 second',
        round((random() * 10000)::numeric, 2),
        (ARRAY['new','paid','shipped','refunded','cancelled'])[1 + g % 5]
