@@ -150,8 +150,7 @@ func runAuditTail(ctx context.Context, e *env, args []string) error {
 	}
 }
 
-// treeSize reads the size of the tree from the entries endpoint's newest
-// checkpoint.
+// treeSize reads the tree size of the daemon's newest checkpoint.
 func (c *apiClient) treeSize(ctx context.Context) (int64, error) {
 	var b strings.Builder
 	if err := c.do(ctx, "GET", "/api/v1/audit/checkpoint", nil, &b); err != nil {

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -213,5 +212,3 @@ func openState(ctx context.Context, cfg *config.Config, log *slog.Logger) (state
 	}
 	return sqlite.Open(ctx, filepath.Join(dir, sqlite.FileName), log)
 }
-
-func randRead(b []byte) (int, error) { return rand.Read(b) }

@@ -9,6 +9,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -523,6 +524,6 @@ func buildInfoCollector() prometheus.Collector {
 func replicaID() string {
 	host, _ := os.Hostname()
 	b := make([]byte, 4)
-	_, _ = randRead(b)
+	_, _ = rand.Read(b)
 	return fmt.Sprintf("%s-%d-%x", host, os.Getpid(), b)
 }
