@@ -119,7 +119,12 @@ func RestorePostgres(ctx context.Context, opts PostgresOptions) (rep *Report, er
 	}
 	srv.close()
 	if err != nil {
-		return nil, fmt.Errorf("verify: create temporary database %s on %s: %w", name, srv.redacted, err)
+		// The server may have created it before the error (a cancelled
+		// context): drop it now rather than leave it to CleanupStale.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropTimeout)
+		derr := dropDatabase(dctx, srv, name)
+		cancel()
+		return nil, errors.Join(fmt.Errorf("verify: create temporary database %s on %s: %w", name, srv.redacted, err), derr)
 	}
 	log.Info("created temporary database")
 
