@@ -244,7 +244,6 @@ func TestApplyMatchesRestic(t *testing.T) {
 		"TZ=" + oracleZone,
 		"RESTIC_REPOSITORY=" + filepath.Join(dir, "repo"),
 		"RESTIC_PASSWORD=oracle",
-		"RESTIC_PROGRESS_FPS=0.1",
 	}}
 	version := repo.version(t)
 	// restic 0.16 added unlimited (-1) counts; 0.17 keeps the oldest
@@ -429,7 +428,7 @@ func compareWithRestic(t *testing.T, what string, got []Decision, want resticGro
 	}
 	for k, g := range gotT {
 		w := wantT[k]
-		tm := time.Unix(0, k).In(byTime[k][0].Time.Location())
+		tm := time.Unix(0, k).In(byTime[k][0].Time.Location()).Format(time.RFC3339)
 		if g.kept != w.kept {
 			t.Errorf("%s: at %v Apply keeps %d of %d snapshots, restic %d", what, tm, g.kept, g.total, w.kept)
 			continue
@@ -450,15 +449,15 @@ func compareWithRestic(t *testing.T, what string, got []Decision, want resticGro
 	}
 }
 
-// parallel runs every job with run on all CPUs (at least 2) and returns
-// the outputs in job order.
+// parallel runs every job with run, two per CPU since restic spends much
+// of a run waiting for fsync, and returns the outputs in job order.
 func parallel(t *testing.T, jobs [][]string, run func(context.Context, ...string) ([]byte, error)) ([][]byte, error) {
 	ctx := t.Context()
 	outs := make([][]byte, len(jobs))
 	errs := make([]error, len(jobs))
 	next := make(chan int)
 	var wg sync.WaitGroup
-	for range max(2, runtime.NumCPU()) {
+	for range 2 * runtime.NumCPU() {
 		wg.Go(func() {
 			for i := range next {
 				outs[i], errs[i] = run(ctx, jobs[i]...)
