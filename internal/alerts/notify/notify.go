@@ -354,8 +354,12 @@ func receiverName(n *Notification, configured string) string {
 // is the deadline or cancellation, and retrying under a done ctx is
 // pointless.
 func ctxDone(ctx context.Context, err error) (bool, error) {
-	if ctx.Err() == nil {
-		return false, nil
+	if ctx.Err() != nil {
+		return true, fmt.Errorf("%w: %w", context.Cause(ctx), err)
 	}
-	return true, fmt.Errorf("%w: %w", context.Cause(ctx), err)
+	// An I/O deadline set from ctx's may fire a moment before ctx's timer.
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return true, fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+	}
+	return false, nil
 }

@@ -58,8 +58,9 @@ func (r *redactor) string(s string) string {
 	return s
 }
 
-// err returns err with every secret in its message redacted. The chain
-// stays reachable for errors.Is and errors.As.
+// err returns err with every secret in its message redacted, and in the
+// messages of every error it wraps, so that printing any link of the chain
+// is safe. errors.Is and errors.As still see the original errors.
 func (r *redactor) err(err error) error {
 	if err == nil {
 		return nil
@@ -69,20 +70,59 @@ func (r *redactor) err(err error) error {
 	if errors.As(err, &ue) {
 		ue.URL = redactURL(ue.URL)
 	}
-	msg := err.Error()
-	if red := r.string(msg); red != msg {
-		return &redactedError{msg: red, err: err}
+	if !r.dirty(err) {
+		return err
 	}
-	return err
+	return &redactedError{r: r, err: err}
 }
 
+// dirty reports whether a secret shows in err or any error it wraps.
+func (r *redactor) dirty(err error) bool {
+	if err == nil {
+		return false
+	}
+	if r.string(err.Error()) != err.Error() {
+		return true
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		return r.dirty(u.Unwrap())
+	case interface{ Unwrap() []error }:
+		return slices.ContainsFunc(u.Unwrap(), r.dirty)
+	}
+	return false
+}
+
+// redactedError presents err with secrets redacted, down its whole chain.
 type redactedError struct {
-	msg string
+	r   *redactor
 	err error
 }
 
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }
+func (e *redactedError) Error() string { return e.r.string(e.err.Error()) }
+
+// Unwrap returns the wrapped errors, themselves redacted.
+func (e *redactedError) Unwrap() []error {
+	var inner []error
+	switch u := e.err.(type) {
+	case interface{ Unwrap() error }:
+		inner = []error{u.Unwrap()}
+	case interface{ Unwrap() []error }:
+		inner = u.Unwrap()
+	}
+	var out []error
+	for _, x := range inner {
+		if x != nil {
+			out = append(out, e.r.err(x))
+		}
+	}
+	return out
+}
+
+// Is and As look at the original chain, so that callers can still branch
+// on context.Canceled or extract a *RetryAfterError.
+func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }
+func (e *redactedError) As(target any) bool   { return errors.As(e.err, target) }
 
 // redactURL keeps the scheme and host of a URL, which say where a request
 // went without the path or query that often hold a token.
