@@ -18,11 +18,26 @@ const MaxFileSize = 1 << 20
 // Load reads and parses the runbook at path (see Parse). Reading errors are
 // reported as a Problems error too, so callers print one kind of error.
 func Load(path string, refs *References) (*Runbook, error) {
+	rb, probs := load(path, refs)
+	if len(probs) > 0 {
+		return nil, probs
+	}
+	return rb, nil
+}
+
+// load returns the runbook at path as far as it decoded, and its problems
+// sorted.
+func load(path string, refs *References) (*Runbook, config.Problems) {
 	data, err := readFile(path)
 	if err != nil {
 		return nil, config.Problems{{File: path, Msg: err.Error()}}
 	}
-	return Parse(path, data, refs)
+	rb, probs := parse(path, data)
+	if rb != nil && refs != nil {
+		probs = append(probs, Check(rb, refs)...)
+	}
+	sortProblems(probs)
+	return rb, probs
 }
 
 func readFile(path string) ([]byte, error) {
@@ -80,22 +95,23 @@ func LoadDir(dir string, refs *References) ([]*Runbook, error) {
 func LoadFiles(paths []string, refs *References) ([]*Runbook, error) {
 	var (
 		out   []*Runbook
+		all   []*Runbook // as far as they decoded, for duplicate names
 		probs config.Problems
 	)
 	for _, path := range paths {
-		rb, err := Load(path, refs)
-		var ps config.Problems
-		switch {
-		case errors.As(err, &ps):
+		rb, ps := load(path, refs)
+		if rb != nil {
+			all = append(all, rb)
+		}
+		if len(ps) > 0 {
 			probs = append(probs, ps...)
 			continue
-		case err != nil:
-			return nil, err
 		}
 		out = append(out, rb)
 	}
-	probs = append(probs, duplicateNames(out)...)
+	probs = append(probs, duplicateNames(all)...)
 	if len(probs) > 0 {
+		sortProblems(probs)
 		return nil, probs
 	}
 	return out, nil
@@ -107,6 +123,9 @@ func duplicateNames(rbs []*Runbook) config.Problems {
 	var probs config.Problems
 	first := map[string]*Runbook{}
 	for _, rb := range rbs {
+		if rb.Name == "" {
+			continue
+		}
 		if other, dup := first[rb.Name]; dup {
 			probs = append(probs, config.Problem{File: rb.File, Line: rb.namePos.Line, Col: rb.namePos.Col,
 				Msg: "name: runbook " + strconv.Quote(rb.Name) + " is also defined in " + other.File})

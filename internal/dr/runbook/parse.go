@@ -528,6 +528,10 @@ func (p *parser) retry(n *yaml.Node, path string) Retry {
 }
 
 func (p *parser) marks(n *yaml.Node, path string) ([]Mark, map[Mark]Pos) {
+	if n.Kind == yaml.MappingNode {
+		p.wrongKind(n, path, "a mark or a sequence of marks")
+		return nil, nil
+	}
 	items := []*yaml.Node{n}
 	if n.Kind == yaml.SequenceNode {
 		items = n.Content

@@ -52,6 +52,7 @@ type Expr struct {
 	// Pos is where the YAML scalar holding the expression is written.
 	Pos Pos
 
+	open    int // byte offset of "${{" in the scalar's value
 	offset  int // byte offset of Source in the scalar's value
 	program *vm.Program
 	params  []string // parameters it reads
@@ -372,7 +373,7 @@ func parseTemplate(s string) ([]Part, int, error) {
 			text.Reset()
 		}
 		lead := len(inner) - len(strings.TrimLeft(inner, " \t\n"))
-		parts = append(parts, Part{Expr: &Expr{Source: src, offset: i + 3 + lead}})
+		parts = append(parts, Part{Expr: &Expr{Source: src, open: i, offset: i + 3 + lead}})
 		i += 3 + end + 2
 	}
 	if text.Len() > 0 {

@@ -186,7 +186,7 @@ func (p *parser) value(n *yaml.Node, path string, sc *scope, noExpr bool) *Value
 	if noExpr {
 		for _, part := range parts {
 			if part.Expr != nil {
-				p.errPos(p.exprPos(n, part.Expr.offset-3), "%s: expressions are not allowed in exec argv; "+
+				p.errPos(p.exprPos(n, part.Expr.open), "%s: expressions are not allowed in exec argv; "+
 					"parameters reach the command only as environment variables OPSD_PARAM_<NAME>", path)
 				return nil
 			}
@@ -297,6 +297,10 @@ func (p *parser) scalarType(v *Value, n *yaml.Node, path string, f Field, want s
 		p.errAt(n, "%s: want %s, got nothing", path, want)
 		return false
 	case bool:
+		if f.Kind == KindString {
+			v.lit = n.Value // argv: [true] runs true
+			break
+		}
 		if f.Kind != KindBool {
 			p.wrongKind(n, path, want)
 			return false
@@ -376,7 +380,7 @@ func (p *parser) fieldValue(s *Step, v *Value, n *yaml.Node, path string, f Fiel
 			}
 		}
 		if v.kind == kindTemplate && s.Uses == ActionSQLCheck && f.Name == "expect" {
-			if txt := v.tpl[0].Text; v.tpl[0].Expr == nil && !expectOpRE.MatchString(txt) {
+			if first := v.tpl[0]; first.Expr != nil || !expectOpRE.MatchString(first.Text) {
 				p.errAt(n, "%s: want an operator first, as in \">= ${{ params.min }}\"", path)
 			}
 		}
