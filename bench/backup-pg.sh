@@ -70,6 +70,10 @@ wait_http() { # URL NAME: any HTTP answer within 20 s
 recreate_db() { PGOPTIONS="-c client_min_messages=warning" psql -q -v ON_ERROR_STOP=1 "$ADMIN_DSN" -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" >/dev/null; }
 
 # ---------------------------------------------------------------- data
+have_rows=$(psql -At "$BENCH_DSN" -c "SELECT count(*) FROM events" 2>/dev/null || echo 0)
+if [[ ${BENCH_REUSE:-} == 1 && $have_rows == "$ROWS" ]]; then
+	log "data: reusing opsd_bench ($ROWS rows)"
+else
 log "data: $ROWS rows into opsd_bench"
 recreate_db opsd_bench
 t0=$(now)
@@ -92,8 +96,10 @@ SELECT g,
 FROM generate_series(1, $ROWS) g;
 ANALYZE events;
 SQL
+log "data loaded in $(since "$t0") s"
+fi
 DB_BYTES=$(psql -At "$BENCH_DSN" -c "SELECT pg_database_size(current_database())")
-log "data loaded in $(since "$t0") s; pg_database_size = $DB_BYTES bytes ($(psql -At "$BENCH_DSN" -c "SELECT pg_size_pretty(pg_database_size(current_database()))"))"
+log "pg_database_size = $DB_BYTES bytes ($(psql -At "$BENCH_DSN" -c "SELECT pg_size_pretty(pg_database_size(current_database()))"))"
 
 # ---------------------------------------------------------------- keys
 age-keygen -o "$WORK/age.key" 2>/dev/null

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // errLagging fails a copy whose target fell too far behind with nowhere to
@@ -18,17 +20,20 @@ var errLagging = errors.New("target fell too far behind")
 // bytes wait in memory; beyond that the lane spills to an unlinked temp
 // file in spoolDir and reads back from it until it has caught up, then
 // returns to memory. Without a spool dir, or once the spool is larger than
-// maxSpool or cannot be written (disk full), the lane fails: its copy
-// fails and the other targets carry on.
+// maxSpool or cannot be written (disk full), the producer waits up to
+// stall for the consumer to make room (a burst from the compressor is
+// not a dead target) and then the lane fails: its copy fails and the
+// other targets carry on.
 type lane struct {
 	target   string
 	maxMem   int64
 	spoolDir string
 	maxSpool int64
+	stall    time.Duration
 
 	mu       sync.Mutex
 	cond     sync.Cond
-	queue    [][]byte
+	queue    []*chunk
 	head     int // read offset in queue[0]
 	memBytes int64
 
@@ -37,6 +42,7 @@ type lane struct {
 	wOff, rOff int64
 	spilled    int64 // bytes that went through the spool, in total
 
+	waiting  bool  // producer waits for room
 	closed   bool  // producer finished
 	closeErr error // producer failed: Read returns it instead of EOF
 	dead     bool  // consumer gone or lane failed
@@ -45,29 +51,42 @@ type lane struct {
 	read     int64
 }
 
-func newLane(ctx context.Context, target string, maxMem int64, spoolDir string, maxSpool int64) (*lane, func() bool) {
-	l := &lane{target: target, maxMem: maxMem, spoolDir: spoolDir, maxSpool: maxSpool}
+func newLane(ctx context.Context, target string, maxMem int64, spoolDir string, maxSpool int64, stall time.Duration) (*lane, func() bool) {
+	l := &lane{target: target, maxMem: maxMem, spoolDir: spoolDir, maxSpool: maxSpool, stall: stall}
 	l.cond.L = &l.mu
 	stop := context.AfterFunc(ctx, func() { l.fail(context.Cause(ctx)) })
 	return l, stop
 }
 
-// push queues p (shared, read-only) unless the lane is dead. It never
-// blocks on the consumer.
-func (l *lane) push(p []byte) {
+// push queues c (shared, read-only) unless the lane is dead, and takes
+// over one of its references. It blocks on the consumer only when it can
+// neither queue nor spill, and then for at most l.stall.
+func (l *lane) push(c *chunk) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.dead || l.closed {
+		c.release()
 		return
 	}
-	if !l.spilling && l.memBytes+int64(len(p)) <= l.maxMem {
-		l.queue = append(l.queue, p)
+	p := c.b
+	fits := func() bool { return !l.spilling && l.memBytes+int64(len(p)) <= l.maxMem }
+	if !fits() && l.spoolDir == "" {
+		l.waitLocked(fits)
+	}
+	if l.dead {
+		c.release()
+		return
+	}
+	if fits() {
+		l.queue = append(l.queue, c)
 		l.memBytes += int64(len(p))
 		l.cond.Broadcast()
 		return
 	}
+	// Spilled or failed: the lane does not keep c.
+	defer c.release()
 	if l.spoolDir == "" {
-		l.failLocked(fmt.Errorf("%w: more than %d MiB unsent and no spool dir to spill to", errLagging, l.maxMem>>20))
+		l.failLocked(fmt.Errorf("%w: more than %d KiB unsent for %v and no spool dir to spill to", errLagging, l.maxMem>>10, l.stall))
 		return
 	}
 	if l.spool == nil {
@@ -94,6 +113,25 @@ func (l *lane) push(p []byte) {
 	l.cond.Broadcast()
 }
 
+// waitLocked waits until ok(), the lane dies or l.stall passes.
+func (l *lane) waitLocked(ok func() bool) {
+	if l.stall <= 0 {
+		return
+	}
+	deadline := time.Now().Add(l.stall)
+	timer := time.AfterFunc(l.stall, func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.cond.Broadcast()
+	})
+	defer timer.Stop()
+	l.waiting = true
+	defer func() { l.waiting = false }()
+	for !ok() && !l.dead && time.Now().Before(deadline) {
+		l.cond.Wait()
+	}
+}
+
 // Read gives Save the next bytes, in order.
 func (l *lane) Read(b []byte) (int, error) {
 	if len(b) == 0 {
@@ -106,15 +144,19 @@ func (l *lane) Read(b []byte) (int, error) {
 		case l.dead:
 			return 0, l.deadErr
 		case len(l.queue) > 0:
-			n := copy(b, l.queue[0][l.head:])
+			n := copy(b, l.queue[0].b[l.head:])
 			l.head += n
-			if l.head == len(l.queue[0]) {
+			if l.head == len(l.queue[0].b) {
+				l.queue[0].release()
 				l.queue[0] = nil
 				l.queue = l.queue[1:]
 				l.head = 0
 			}
 			l.memBytes -= int64(n)
 			l.read += int64(n)
+			if l.waiting {
+				l.cond.Broadcast()
+			}
 			return n, nil
 		case l.spilling && l.rOff < l.wOff:
 			n, err := l.spool.ReadAt(b[:min(int64(len(b)), l.wOff-l.rOff)], l.rOff)
@@ -163,6 +205,9 @@ func (l *lane) failLocked(err error) {
 	}
 	l.dead = true
 	l.deadErr = err
+	for _, c := range l.queue {
+		c.release()
+	}
 	l.queue = nil
 	l.memBytes = 0
 	l.cond.Broadcast()
@@ -210,11 +255,11 @@ type fanout struct {
 var errNoTargets = errors.New("every target failed")
 
 func (f *fanout) Write(p []byte) (int, error) {
-	// The caller may reuse p; lanes share one immutable copy.
-	c := make([]byte, len(p))
-	copy(c, p)
-	f.hash.Write(c)
-	f.n += int64(len(c))
+	// The caller may reuse p; lanes share one immutable copy, which goes
+	// back to the pool when the last lane is done with it.
+	c := newChunk(p, len(f.lanes))
+	f.hash.Write(p)
+	f.n += int64(len(p))
 	live := 0
 	for _, l := range f.lanes {
 		l.push(c)
@@ -226,4 +271,41 @@ func (f *fanout) Write(p []byte) (int, error) {
 		return 0, errNoTargets
 	}
 	return len(p), nil
+}
+
+// chunk is a piece of the stored stream shared by every lane. Each lane
+// releases it once, when it has sent, spilled or dropped it; the last
+// release returns it to the pool, which keeps the fan-out from making
+// garbage at the stream's rate.
+type chunk struct {
+	b    []byte
+	refs atomic.Int32
+}
+
+// chunkCap fits age's 64 KiB payload chunks with their tag; bigger writes
+// get their own buffer and are not pooled.
+const chunkCap = 64<<10 + 64
+
+var chunkPool = sync.Pool{New: func() any { return &chunk{b: make([]byte, 0, chunkCap)} }}
+
+func newChunk(p []byte, refs int) *chunk {
+	var c *chunk
+	if len(p) <= chunkCap {
+		c = chunkPool.Get().(*chunk)
+	} else {
+		c = &chunk{}
+	}
+	c.b = append(c.b[:0], p...)
+	c.refs.Store(int32(refs))
+	return c
+}
+
+func (c *chunk) release() {
+	switch n := c.refs.Add(-1); {
+	case n == 0 && cap(c.b) == chunkCap:
+		c.b = c.b[:0]
+		chunkPool.Put(c)
+	case n < 0:
+		panic("backup: chunk released more often than it was shared")
+	}
 }

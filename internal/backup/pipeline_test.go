@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 	"golang.org/x/mod/sumdb/note"
@@ -41,6 +42,8 @@ func TestSlowAndFailingTargets(t *testing.T) {
 			dead := &failingStore{Backend: st[2], after: 1 << 20}
 			opts := options(k, "gen", "command", []storage.Backend{st[0], slow, dead})
 			opts.MaxLag = 256 << 10
+			opts.CompressionChunk = 128 << 10
+			opts.MaxStall = 300 * time.Millisecond
 			// The slow target starts reading once the source is exhausted.
 			// Progress may report the final byte count more than once.
 			var once sync.Once

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/opsd-dev/opsd/internal/backup/manifest"
+	"github.com/opsd-dev/opsd/internal/backup/pzstd"
 	"github.com/opsd-dev/opsd/internal/backup/source"
 	"github.com/opsd-dev/opsd/internal/buildinfo"
 	"github.com/opsd-dev/opsd/internal/storage"
@@ -39,7 +40,8 @@ const (
 
 // Defaults for Options.
 const (
-	DefaultMaxLag    = 16 << 20
+	DefaultMaxLag    = 8 << 20
+	DefaultMaxStall  = 5 * time.Second
 	DefaultZstdLevel = 3
 )
 
@@ -60,6 +62,13 @@ type Options struct {
 	NoEncryption bool
 	// ZstdLevel is the configured zstd level (1..22); 0 means 3.
 	ZstdLevel int
+	// CompressionWorkers compress chunks of the stream at once; 0 means
+	// GOMAXPROCS, at most pzstd.DefaultMaxWorkers.
+	CompressionWorkers int
+	// CompressionChunk is the uncompressed size of one zstd frame; 0
+	// means pzstd.DefaultChunkSize. A lane receives a chunk's compressed
+	// bytes at once, so MaxLag should exceed it.
+	CompressionChunk int
 	// Signer signs the manifest (the audit key).
 	Signer note.Signer
 	// SpoolDir receives lanes of targets that fall behind; "" drops them.
@@ -68,6 +77,10 @@ type Options struct {
 	MaxLag int64
 	// MaxSpool caps one lane's spool file; 0 means only the disk limits it.
 	MaxSpool int64
+	// MaxStall is how long the producer waits for a lane that can neither
+	// queue nor spill before that lane's copy fails; 0 means
+	// DefaultMaxStall, negative means no wait.
+	MaxStall time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Logger receives per-copy outcomes; nil discards.
@@ -160,10 +173,14 @@ func Run(ctx context.Context, src source.Source, opts Options) (*Result, error) 
 	if maxLag <= 0 {
 		maxLag = DefaultMaxLag
 	}
+	stall := opts.MaxStall
+	if stall == 0 {
+		stall = DefaultMaxStall
+	}
 	lanes := make([]*lane, len(opts.Targets))
 	var wg sync.WaitGroup
 	for i, t := range opts.Targets {
-		l, stop := newLane(dataCtx, t.Name(), maxLag, opts.SpoolDir, opts.MaxSpool)
+		l, stop := newLane(dataCtx, t.Name(), maxLag, opts.SpoolDir, opts.MaxSpool, stall)
 		lanes[i] = l
 		res.Copies[i] = Copy{Target: t.Name(), State: CopyWriting, Key: dataKey}
 		wg.Go(func() {
@@ -293,7 +310,9 @@ func produce(ctx context.Context, src source.Source, opts Options, lanes []*lane
 			return source.Result{}, 0, "", 0, fmt.Errorf("encrypt: %w", err)
 		}
 	}
-	zw, err := zstd.NewWriter(enc, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(opts.level())), zstd.WithEncoderConcurrency(0))
+	// Independent frames compressed on every core (up to a bound), in
+	// order: one valid zstd stream that any decoder reads.
+	zw, err := pzstd.NewWriter(enc, pzstd.Options{Level: zstd.EncoderLevelFromZstd(opts.level()), Workers: opts.CompressionWorkers, ChunkSize: opts.CompressionChunk})
 	if err != nil {
 		_, _ = stream.Finish()
 		return source.Result{}, 0, "", 0, fmt.Errorf("zstd: %w", err)

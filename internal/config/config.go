@@ -135,6 +135,20 @@ type Target struct {
 
 	CredentialsFile string     `yaml:"credentials_file"` // gcs; empty = default credentials
 	Retention       *Retention `yaml:"retention"`        // gcs bucket retention policy
+	// Anonymous sends no credentials (gcs: emulators and public test
+	// buckets only).
+	Anonymous bool `yaml:"anonymous"`
+
+	// PartSize of S3 multipart uploads (default 16MiB; an object can have
+	// at most 10,000 parts) and UploadConcurrency parts in flight (default
+	// 2): memory per S3 copy is about PartSize*(UploadConcurrency+1).
+	PartSize          Size `yaml:"part_size"`
+	UploadConcurrency int  `yaml:"upload_concurrency"`
+	// ChunkSize of GCS resumable uploads (default 16MiB, a multiple of
+	// 256KiB): memory per GCS copy is about this; each chunk is one request
+	// and is resent on a transient error. 0 uploads in one streaming
+	// request: no buffer, but an error fails the whole copy.
+	ChunkSize *Size `yaml:"chunk_size"`
 
 	// Offsite overrides the default: false for local, true otherwise.
 	Offsite *bool `yaml:"offsite"`

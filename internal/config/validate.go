@@ -47,18 +47,22 @@ var (
 // targetKeys lists the target keys that only some types accept; the rest
 // apply to every type.
 var targetKeys = map[string][]string{
-	"path":             {TargetLocal},
-	"bucket":           {TargetS3, TargetGCS},
-	"region":           {TargetS3},
-	"endpoint":         {TargetS3, TargetGCS},
-	"path_style":       {TargetS3},
-	"storage_class":    {TargetS3, TargetGCS},
-	"sse":              {TargetS3},
-	"kms_key_id":       {TargetS3},
-	"prefix":           {TargetS3, TargetGCS},
-	"object_lock":      {TargetS3},
-	"credentials_file": {TargetGCS},
-	"retention":        {TargetGCS},
+	"path":               {TargetLocal},
+	"bucket":             {TargetS3, TargetGCS},
+	"region":             {TargetS3},
+	"endpoint":           {TargetS3, TargetGCS},
+	"path_style":         {TargetS3},
+	"storage_class":      {TargetS3, TargetGCS},
+	"sse":                {TargetS3},
+	"kms_key_id":         {TargetS3},
+	"prefix":             {TargetS3, TargetGCS},
+	"object_lock":        {TargetS3},
+	"credentials_file":   {TargetGCS},
+	"retention":          {TargetGCS},
+	"anonymous":          {TargetGCS},
+	"part_size":          {TargetS3},
+	"upload_concurrency": {TargetS3},
+	"chunk_size":         {TargetGCS},
 }
 
 // sourceKeys is targetKeys for sources; "plugin" stands for plugin:<name>.
@@ -363,6 +367,12 @@ func (l *loader) validateTarget(p, name string, t *Target) {
 		if l.isSet(p+".kms_key_id") && t.SSE != "aws:kms" {
 			l.errKey(p+".kms_key_id", "needs sse: aws:kms")
 		}
+		if l.isSet(p+".part_size") && (t.PartSize < 5<<20 || t.PartSize > 5<<30) {
+			l.errPath(p+".part_size", "must be between 5MiB and 5GiB (S3's part limits)")
+		}
+		if l.isSet(p + ".upload_concurrency") {
+			l.positive(p+".upload_concurrency", float64(t.UploadConcurrency))
+		}
 		if ol := t.ObjectLock; ol != nil {
 			op := p + ".object_lock"
 			if l.require(op, "mode", ol.Mode == "") {
@@ -378,6 +388,12 @@ func (l *loader) validateTarget(p, name string, t *Target) {
 			l.oneOf(p+".storage_class", t.StorageClass, gcsClasses)
 		}
 		l.fileExists(p+".credentials_file", t.CredentialsFile)
+		if t.Anonymous && t.CredentialsFile != "" {
+			l.errPath(p+".anonymous", "contradicts credentials_file")
+		}
+		if c := t.ChunkSize; c != nil && (*c < 0 || *c%(256<<10) != 0) {
+			l.errPath(p+".chunk_size", "must be 0 (one streaming request) or a multiple of 256KiB")
+		}
 		if r := t.Retention; r != nil && l.require(p+".retention", "days", false) {
 			l.positive(p+".retention.days", float64(r.Days))
 		}

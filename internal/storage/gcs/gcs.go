@@ -41,6 +41,9 @@ import (
 // DefaultChunkSize of resumable uploads: memory per Save is about this.
 const DefaultChunkSize = 16 << 20
 
+// SingleRequest as Options.ChunkSize streams each object in one request.
+const SingleRequest = -1
+
 // Options configure a Backend.
 type Options struct {
 	Bucket string
@@ -56,7 +59,9 @@ type Options struct {
 	CredentialsFile string
 	// NoAuth sends requests unauthenticated (emulators only).
 	NoAuth bool
-	// ChunkSize of resumable uploads; default DefaultChunkSize.
+	// ChunkSize of resumable uploads; 0 means DefaultChunkSize and
+	// SingleRequest uploads in one streaming request with no buffer (and
+	// no resume: an error fails the Save).
 	ChunkSize int
 	// ClientOptions are appended to the ones above (tests pass an HTTP client).
 	ClientOptions []option.ClientOption
@@ -67,7 +72,19 @@ func OptionsFromTarget(t *config.Target) Options {
 	return Options{
 		Bucket: t.Bucket, Prefix: t.Prefix, StorageClass: t.StorageClass,
 		Endpoint: t.Endpoint, CredentialsFile: t.CredentialsFile,
+		NoAuth: t.Anonymous, ChunkSize: chunkSize(t.ChunkSize),
 	}
+}
+
+// chunkSize maps the config (nil = default, 0 = one request) to Options.
+func chunkSize(c *config.Size) int {
+	switch {
+	case c == nil:
+		return 0
+	case *c == 0:
+		return SingleRequest
+	}
+	return int(*c)
 }
 
 // Backend stores objects in one bucket.
@@ -86,7 +103,7 @@ func New(ctx context.Context, name string, opts Options) (*Backend, error) {
 	if opts.Bucket == "" {
 		return nil, opsdstorage.Permanent(fmt.Errorf("open gcs target %q: no bucket", name))
 	}
-	if opts.ChunkSize <= 0 {
+	if opts.ChunkSize == 0 {
 		opts.ChunkSize = DefaultChunkSize
 	}
 	var copts []option.ClientOption
@@ -203,7 +220,7 @@ func (b *Backend) Save(ctx context.Context, key string, r io.Reader, opts opsdst
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := obj.NewWriter(wctx)
-	w.ChunkSize = b.opts.ChunkSize
+	w.ChunkSize = max(b.opts.ChunkSize, 0)
 	w.ContentType = "application/octet-stream"
 	if opts.ContentType != "" {
 		w.ContentType = opts.ContentType

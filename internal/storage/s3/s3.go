@@ -54,7 +54,7 @@ import (
 // Defaults for Options.
 const (
 	DefaultPartSize    = 16 << 20
-	DefaultConcurrency = 4
+	DefaultConcurrency = 2
 )
 
 // Options configure a Backend.
@@ -90,6 +90,7 @@ func OptionsFromTarget(t *config.Target) Options {
 	o := Options{
 		Bucket: t.Bucket, Region: t.Region, Endpoint: t.Endpoint, PathStyle: t.PathStyle,
 		StorageClass: t.StorageClass, SSE: t.SSE, KMSKeyID: t.KMSKeyID, Prefix: t.Prefix,
+		PartSize: int64(t.PartSize), Concurrency: t.UploadConcurrency,
 	}
 	if t.ObjectLock != nil {
 		o.LockMode, o.LockDays = t.ObjectLock.Mode, t.ObjectLock.Days
