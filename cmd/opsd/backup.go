@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/url"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/opsd-dev/opsd/internal/backup"
 	"github.com/opsd-dev/opsd/internal/httpapi"
 )
 
@@ -17,6 +20,46 @@ type backupView = httpapi.BackupResource
 
 func terminal(state string) bool {
 	return state == "succeeded" || state == "partial" || state == "failed"
+}
+
+func etaOf(s *float64) time.Duration {
+	if s == nil {
+		return 0
+	}
+	return time.Duration(*s * float64(time.Second))
+}
+
+// progressLine shows a running backup's progress: rewritten in place on a
+// terminal, one line every 10 s otherwise (logs of CI jobs).
+type progressLine struct {
+	w        io.Writer
+	tty      bool
+	dirty    bool
+	lastLine time.Time
+}
+
+func newProgressLine(w io.Writer) *progressLine {
+	return &progressLine{w: w, tty: isTerminal(w)}
+}
+
+func (l *progressLine) update(p backup.Progress) {
+	text := progressText(p)
+	if l.tty {
+		fmt.Fprint(l.w, "\r"+text+strings.Repeat(" ", 8))
+		l.dirty = true
+		return
+	}
+	if time.Since(l.lastLine) >= 10*time.Second {
+		l.lastLine = time.Now()
+		fmt.Fprintln(l.w, text)
+	}
+}
+
+func (l *progressLine) end() {
+	if l.dirty {
+		fmt.Fprintln(l.w)
+		l.dirty = false
+	}
 }
 
 // runBackupRun triggers a backup through the daemon; with --wait it polls
@@ -51,6 +94,7 @@ func runBackupRun(ctx context.Context, e *env, args []string) error {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	start, last := time.Now(), b.State
+	show := newProgressLine(e.stderr)
 	for !terminal(b.State) {
 		select {
 		case <-ctx.Done():
@@ -62,9 +106,14 @@ func runBackupRun(ctx context.Context, e *env, args []string) error {
 		}
 		if b.State != last {
 			last = b.State
+			show.end()
 			fmt.Fprintf(e.stderr, "%s after %s\n", b.State, time.Since(start).Round(100*time.Millisecond))
 		}
+		if p := b.Progress; p != nil {
+			show.update(backup.Progress{Phase: p.Phase, Bytes: p.Bytes, Total: p.TotalBytes, Rate: p.RateBytesPerSecond, ETA: etaOf(p.ETASeconds)})
+		}
 	}
+	show.end()
 	if err := printBackup(e, b, *asJSON); err != nil {
 		return err
 	}

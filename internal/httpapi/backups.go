@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/opsd-dev/opsd/internal/backup"
 	"github.com/opsd-dev/opsd/internal/state"
 )
 
@@ -18,6 +19,20 @@ type Backups interface {
 	Enqueue(ctx context.Context, source string) (state.Backup, error)
 	ListBackups(ctx context.Context, f state.BackupFilter) ([]state.Backup, string, error)
 	GetBackup(ctx context.Context, id string) (state.Backup, []state.Copy, error)
+	// Progress reports a running backup's progress; ok is false when it
+	// is not running in this process.
+	Progress(id string) (p backup.Progress, ok bool)
+}
+
+// ProgressResource is a running backup's progress.
+type ProgressResource struct {
+	Phase string `json:"phase"`
+	// Bytes read from the source so far.
+	Bytes int64 `json:"bytes"`
+	// TotalBytes is an estimate (the previous backup's size), 0 if none.
+	TotalBytes         int64    `json:"total_bytes"`
+	RateBytesPerSecond float64  `json:"rate_bytes_per_second"`
+	ETASeconds         *float64 `json:"eta_seconds"`
 }
 
 // BackupResource is a backup as the API shows it (SPEC §4).
@@ -37,6 +52,8 @@ type BackupResource struct {
 	Error           string          `json:"error,omitempty"`
 	Copies          []CopyResource  `json:"copies,omitempty"`
 	Manifest        json.RawMessage `json:"manifest,omitempty"`
+	// Progress of a running backup; GET /api/v1/backups/{id} only.
+	Progress *ProgressResource `json:"progress,omitempty"`
 }
 
 // CopyResource is one copy of a backup on one target.
@@ -142,6 +159,13 @@ func (s *Server) handleGetBackup(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(b.Manifest) > 0 && json.Valid(b.Manifest) {
 		out.Manifest = b.Manifest
+	}
+	if p, ok := s.deps.Backups.Progress(b.ID); ok && b.State == state.BackupRunning {
+		out.Progress = &ProgressResource{Phase: p.Phase, Bytes: p.Bytes, TotalBytes: p.Total, RateBytesPerSecond: p.Rate}
+		if p.ETA > 0 {
+			eta := p.ETA.Seconds()
+			out.Progress.ETASeconds = &eta
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

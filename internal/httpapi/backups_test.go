@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/opsd-dev/opsd/internal/action"
+	"github.com/opsd-dev/opsd/internal/backup"
 	"github.com/opsd-dev/opsd/internal/state"
 )
 
@@ -34,7 +36,20 @@ func (f fakeBackups) ListBackups(_ context.Context, bf state.BackupFilter) ([]st
 	return []state.Backup{b}, "", nil
 }
 
+const runningID = "20261125T080000Z-live"
+
+func (fakeBackups) Progress(id string) (backup.Progress, bool) {
+	if id != runningID {
+		return backup.Progress{}, false
+	}
+	return backup.Progress{Phase: "backup", Bytes: 3 << 20, Total: 12 << 20, Rate: 1 << 20, ETA: 9 * time.Second}, true
+}
+
 func (fakeBackups) GetBackup(_ context.Context, id string) (state.Backup, []state.Copy, error) {
+	if id == runningID {
+		return state.Backup{ID: id, Source: "demo", Type: "files", State: state.BackupRunning, Actor: "token:ci",
+			QueuedAt: fakeTime, StartedAt: fakeTime}, nil, nil
+	}
 	if id != "20261125T060000Z-abcd" {
 		return state.Backup{}, nil, fmt.Errorf("backup %s: %w", id, state.ErrNotFound)
 	}
@@ -98,5 +113,25 @@ func TestRunBackupResponse(t *testing.T) {
 	}
 	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || got.DurationSeconds != 2 || len(got.Copies) != 1 || got.Manifest["id"] == nil {
 		t.Errorf("GET backup = %s (%v)", w.Body.String(), err)
+	}
+}
+
+func TestRunningBackupShowsProgress(t *testing.T) {
+	f := newFixture(t, nil)
+	w := f.do(t, "GET", "/api/v1/backups/"+runningID, "viewer", "")
+	var got struct {
+		State    string            `json:"state"`
+		Progress *ProgressResource `json:"progress"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || got.Progress == nil {
+		t.Fatalf("GET running backup = %s (%v); want a progress object", w.Body.String(), err)
+	}
+	p := got.Progress
+	if p.Bytes != 3<<20 || p.TotalBytes != 12<<20 || p.RateBytesPerSecond != 1<<20 || p.ETASeconds == nil || *p.ETASeconds != 9 {
+		t.Errorf("progress = %+v", *p)
+	}
+	w = f.do(t, "GET", "/api/v1/backups/20261125T060000Z-abcd", "viewer", "")
+	if strings.Contains(w.Body.String(), `"progress"`) {
+		t.Errorf("a finished backup shows progress: %s", w.Body.String())
 	}
 }

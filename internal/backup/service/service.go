@@ -32,6 +32,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"filippo.io/age"
@@ -49,12 +51,36 @@ import (
 )
 
 // cleanupAge is how old a temporary object must be before a backup removes
-// it: older than any upload still in flight.
-const cleanupAge = time.Hour
+// it while other backups are running: older than any upload in flight.
+// When the catalog (shared by every replica) shows no other backup
+// running, every temporary object started before the check is an orphan
+// and goes, less cleanupSkew for the store's clock.
+const (
+	cleanupAge  = time.Hour
+	cleanupSkew = 5 * time.Second
+)
+
+// cleanupBefore is the olderThan for Cleanup before backup id runs.
+func (s *Service) cleanupBefore(ctx context.Context, id string) time.Time {
+	now := s.opts.Now()
+	running, _, err := s.opts.Store.ListBackups(ctx, state.BackupFilter{State: state.BackupRunning, Limit: 2})
+	if err != nil {
+		return now.Add(-cleanupAge)
+	}
+	for _, b := range running {
+		if b.ID != id {
+			return now.Add(-cleanupAge)
+		}
+	}
+	return now.Add(-cleanupSkew)
+}
 
 // ErrUnknownSource: the source is not in the running config. It wraps
 // state.ErrNotFound so API callers answer 404.
 var ErrUnknownSource = fmt.Errorf("unknown source: %w", state.ErrNotFound)
+
+// ErrTimeout: the backup ran longer than its source's timeout.
+var ErrTimeout = errors.New("backup exceeded the source's timeout")
 
 // Queue inserts jobs; *jobs.Engine implements it.
 type Queue interface {
@@ -86,6 +112,48 @@ type Service struct {
 	opts  Options
 	log   *slog.Logger
 	queue Queue
+	live  sync.Map // backup id → *atomic.Pointer[backup.Progress], while running here
+}
+
+// Progress reports the progress of a backup running in this process.
+func (s *Service) Progress(id string) (backup.Progress, bool) {
+	v, ok := s.live.Load(id)
+	if !ok {
+		return backup.Progress{}, false
+	}
+	p := v.(*atomic.Pointer[backup.Progress]).Load()
+	if p == nil {
+		return backup.Progress{Phase: "backup"}, true
+	}
+	return *p, true
+}
+
+// trackProgress starts recording id's progress, with the previous
+// backup's raw size as the expected total; the returned func stops.
+func (s *Service) trackProgress(ctx context.Context, b state.Backup) (func(backup.Progress), func()) {
+	var total int64
+	if prev, err := s.opts.Store.LatestBackup(ctx, b.Source, state.BackupSucceeded, state.BackupPartial); err == nil {
+		total = prev.RawBytes
+	}
+	ptr := new(atomic.Pointer[backup.Progress])
+	s.live.Store(b.ID, ptr)
+	start := s.opts.Now()
+	return func(p backup.Progress) {
+			if total > 0 {
+				p.Total = max(total, p.Bytes)
+				if p.Rate > 0 {
+					p.ETA = time.Duration(float64(p.Total-p.Bytes) / p.Rate * float64(time.Second))
+				}
+			}
+			if p.Rate == 0 {
+				if el := s.opts.Now().Sub(start).Seconds(); el > 0 {
+					p.Rate = float64(p.Bytes) / el
+				}
+			}
+			ptr.Store(&p)
+		}, func() {
+			s.live.Delete(b.ID)
+		}
 }
 
 // New returns a Service.
@@ -275,6 +343,7 @@ func (s *Service) run(ctx context.Context, cfg *config.Config, sc *config.Source
 	}
 	var targets []storage.Backend
 	var errs []error
+	cleanBefore := s.cleanupBefore(ctx, b.ID)
 	for _, name := range sc.Targets {
 		t, err := s.opts.Target(ctx, name)
 		if err != nil {
@@ -283,7 +352,7 @@ func (s *Service) run(ctx context.Context, cfg *config.Config, sc *config.Source
 			s.recordCopy(ctx, b, backup.Copy{Target: name, State: backup.CopyFailed, Err: err}, b.StartedAt)
 			continue
 		}
-		if n, err := t.Cleanup(ctx, s.opts.Now().Add(-cleanupAge)); err != nil {
+		if n, err := t.Cleanup(ctx, cleanBefore); err != nil {
 			log.Warn("cleanup of temporary objects", "target", name, "err", err)
 		} else if n > 0 {
 			log.Info("removed temporary objects", "target", name, "count", n)
@@ -316,10 +385,24 @@ func (s *Service) run(ctx context.Context, cfg *config.Config, sc *config.Source
 			spool = ""
 		}
 	}
-	res, runErr := backup.Run(ctx, src, backup.Options{
+	progress, stopProgress := s.trackProgress(ctx, b)
+	defer stopProgress()
+	// The source's timeout bounds the data phase; shutdown stays
+	// distinguishable (ctx itself is not done).
+	bctx := ctx
+	if sc.Timeout > 0 {
+		var cancel context.CancelFunc
+		bctx, cancel = context.WithTimeoutCause(ctx, sc.Timeout, fmt.Errorf("%w: %s", ErrTimeout, sc.Timeout))
+		defer cancel()
+	}
+	res, runErr := backup.Run(bctx, src, backup.Options{
 		ID: b.ID, Source: b.Source, Type: sc.Type, Targets: targets, Recipients: recipients, NoEncryption: noEnc,
 		ZstdLevel: sc.Compression.ZstdLevel, Signer: s.opts.Signer, SpoolDir: spool, Now: s.opts.Now, Logger: log,
+		Progress: progress,
 	})
+	if runErr != nil && ctx.Err() == nil && bctx.Err() != nil && !errors.Is(runErr, ErrTimeout) {
+		runErr = fmt.Errorf("%w: %w", context.Cause(bctx), runErr)
+	}
 	if res == nil {
 		s.failAll(sc, b.Source, "source")
 		return nil, runErr

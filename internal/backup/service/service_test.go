@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -250,6 +251,46 @@ func TestBackupSourceFails(t *testing.T) {
 	for _, target := range []string{"a", "b"} {
 		if err := f.targets[target].List(ctx, "demo/", func(oi storage.ObjectInfo) error {
 			t.Errorf("object %s left on %s by a failed backup", oi.Key, target)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestSourceTimeout: a source that runs past its timeout fails the
+// backup with a reason that says so, and leaves nothing on the targets.
+func TestSourceTimeout(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	sc := f.svc.opts.Config().Sources["demo"]
+	*sc = config.Source{Type: "command", Command: []string{"sh", "-c", "echo start; sleep 30"}, Targets: []string{"a", "b"},
+		Schedule: sc.Schedule, Encryption: sc.Encryption, Timeout: 300 * time.Millisecond}
+	b, err := f.svc.Enqueue(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = f.svc.work(ctx, 1, b.QueuedAt, f.queue.args[0])
+	if err == nil {
+		t.Fatal("work succeeded; want the job cancelled after the timeout")
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Errorf("the backup ran %v; the timeout did not stop the source", el)
+	}
+	got, _, err := f.store.GetBackup(ctx, b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != state.BackupFailed || !strings.Contains(got.Error, "timeout") {
+		t.Errorf("backup = %s %q, want failed naming the timeout", got.State, got.Error)
+	}
+	if _, ok := f.svc.Progress(b.ID); ok {
+		t.Error("progress still tracked after the backup ended")
+	}
+	for _, target := range []string{"a", "b"} {
+		if err := f.targets[target].List(ctx, "demo/", func(oi storage.ObjectInfo) error {
+			t.Errorf("object %s left on %s by a timed-out backup", oi.Key, target)
 			return nil
 		}); err != nil {
 			t.Fatal(err)

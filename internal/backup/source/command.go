@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/opsd-dev/opsd/internal/backup/manifest"
 	"github.com/opsd-dev/opsd/internal/backup/pgtool"
@@ -72,6 +74,12 @@ type proc struct {
 func startProc(ctx context.Context, prog string, args, env []string, secret string) (*proc, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	cmd := exec.CommandContext(ctx, prog, args...)
+	// Its own process group, killed whole on cancel or timeout: a shell's
+	// children would otherwise keep the output pipe open and the backup
+	// waiting.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	cmd.Env = env
 	cmd.Stdin = nil
 	tail := &pgtool.TailBuffer{Max: stderrMax}
