@@ -14,6 +14,7 @@ import (
 	"time"
 
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/fsouza/fake-gcs-server/fakestorage"
 
 	"github.com/opsd-dev/opsd/internal/storage/s3/s3test"
 )
@@ -221,6 +222,62 @@ func TestFullLocalDisk(t *testing.T) {
 	})
 	if len(files) != 0 {
 		t.Errorf("files left on the full disk: %v", files)
+	}
+	code, out, errOut := cli(t, nil, "backup", "list", "--target", "a", "--config", cfgPath, "--json")
+	if code != 0 || !strings.Contains(out, b.ID) {
+		t.Errorf("offline list of a = %d %s %s, want the backup", code, out, errOut)
+	}
+}
+
+// TestGCSTargetDiesMidBackup stops fake-gcs-server while the daemon sends
+// resumable-upload chunks to it: the GCS copy fails, the local one
+// completes, and the backup is partial, not failed and not hung.
+func TestGCSTargetDiesMidBackup(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the GCS outage test")
+	}
+	srv, err := fakestorage.NewServerWithOptions(fakestorage.Options{Scheme: "http", Host: "127.0.0.1", Port: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			srv.Stop()
+		}
+	})
+	srv.CreateBucketWithOpts(fakestorage.CreateBucketOpts{Name: "opsd-faults"})
+	dir := t.TempDir()
+	cfgPath := faultConfig(t, dir, fmt.Sprintf(`  a: {type: local, path: ./target-a}
+  g: {type: gcs, bucket: opsd-faults, endpoint: %q, anonymous: true, chunk_size: 1MiB}
+`, srv.URL()+"/storage/v1/"), `  slow:
+    type: command
+    command: [sh, -c, "head -c 12000000 /dev/urandom; sleep 3; head -c 12000000 /dev/urandom"]
+    extension: bin
+    schedule: "@daily"
+    targets: [a, g]
+    encryption: {age_identity_file: ./keys/age.key, generate: true}
+`)
+	d := startDaemon(t, cfgPath, true)
+	b := runAndWait(t, d, "slow", func(got backupView) bool {
+		if got.Progress == nil || got.Progress.Bytes < 11_000_000 {
+			return false
+		}
+		srv.Stop()
+		stopped = true
+		return true
+	})
+	if !stopped {
+		t.Fatalf("the backup ended before fake-gcs-server could be stopped: %+v", b)
+	}
+	if b.State != "partial" {
+		t.Fatalf("backup state = %s (%s), want partial", b.State, b.Error)
+	}
+	if c := copyOf(b, "a"); c.State != "complete" {
+		t.Errorf("local copy = %+v, want complete", c)
+	}
+	if c := copyOf(b, "g"); c.State != "failed" || c.Error == "" {
+		t.Errorf("gcs copy = %+v, want failed with a reason", c)
 	}
 	code, out, errOut := cli(t, nil, "backup", "list", "--target", "a", "--config", cfgPath, "--json")
 	if code != 0 || !strings.Contains(out, b.ID) {
