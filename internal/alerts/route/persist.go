@@ -35,9 +35,9 @@ type snapshotStore interface {
 // silences and notification log on restart.
 type memSnapshots struct{}
 
-func (memSnapshots) load(context.Context, string) ([]byte, error)  { return nil, nil }
-func (memSnapshots) save(context.Context, string, []byte) error    { return nil }
-func (memSnapshots) where(name string) string                      { return "memory:" + name }
+func (memSnapshots) load(context.Context, string) ([]byte, error) { return nil, nil }
+func (memSnapshots) save(context.Context, string, []byte) error   { return nil }
+func (memSnapshots) where(name string) string                     { return "memory:" + name }
 
 // fileSnapshots writes data_dir/alerts/<name>, as Alertmanager writes
 // <storage.path>/silences and /nflog: a temporary file renamed over the old
