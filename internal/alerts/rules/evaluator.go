@@ -1,0 +1,320 @@
+// Package rules evaluates Prometheus alerting and recording rules with
+// Prometheus's own rules manager and PromQL engine (SPEC §7).
+//
+// Two query paths exist. The local path is an embedded TSDB in
+// data_dir/alerts/tsdb with short retention, fed every few seconds by a
+// Collector that reads opsd's own metrics registry; the built-in rules
+// (BuiltinRules) always run there, so they need no Prometheus. The remote
+// path sends the user's rule files to a Prometheus-compatible query API, as
+// Thanos Ruler does. Both write their ALERTS and ALERTS_FOR_STATE series to
+// the local TSDB, so the `for` state of pending and firing alerts survives a
+// restart exactly as in Prometheus (OutageTolerance 1h, ForGracePeriod 10m).
+package rules
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
+	promrules "github.com/prometheus/prometheus/rules"
+
+	"github.com/opsd-dev/opsd/internal/config"
+)
+
+// Defaults of Options, those of Prometheus where Prometheus has one.
+const (
+	DefaultRetention       = 6 * time.Hour
+	DefaultEvalInterval    = 15 * time.Second
+	DefaultOutageTolerance = time.Hour        // --rules.alert.for-outage-tolerance
+	DefaultForGracePeriod  = 10 * time.Minute // --rules.alert.for-grace-period
+	DefaultResendDelay     = time.Minute      // --rules.alert.resend-delay
+	DefaultLookbackDelta   = 5 * time.Minute  // --query.lookback-delta
+)
+
+// Options configure an Evaluator.
+type Options struct {
+	// Dir holds the local storage's snapshot, normally
+	// data_dir/alerts/tsdb; "" keeps nothing across restarts.
+	Dir string
+	// Retention of the local storage; 0 means DefaultRetention.
+	Retention time.Duration
+	// Gatherer is opsd's own registry, read every CollectInterval
+	// (0 means DefaultCollectInterval).
+	Gatherer        prometheus.Gatherer
+	CollectInterval time.Duration
+	// TargetLabels are attached to collected series as a scrape target's
+	// would be; default {job="opsd", instance=<hostname>}.
+	TargetLabels map[string]string
+	// EvalInterval is the evaluation interval of groups that set none;
+	// 0 means DefaultEvalInterval.
+	EvalInterval time.Duration
+
+	// Builtin tunes the built-in rules (alerts.builtin); DisableBuiltin
+	// leaves them out entirely.
+	Builtin        map[string]*config.Builtin
+	DisableBuiltin bool
+	// RuleFiles are the user's rule files (globs allowed, alerts.rule_files).
+	RuleFiles []string
+	// Remote, if set, is the datasource RuleFiles are evaluated against;
+	// nil evaluates them on the local path.
+	Remote *Remote
+
+	ExternalLabels map[string]string
+	// ExternalURL is $externalURL in templates and the alert's generator URL.
+	ExternalURL string
+	// Notify receives firing and resolved alerts after every evaluation,
+	// resent every ResendDelay as Prometheus sends them to Alertmanager.
+	Notify promrules.NotifyFunc
+
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Evaluator runs the collector and the rules managers of both paths.
+type Evaluator struct {
+	opts    Options
+	db      *Store
+	engine  *promql.Engine
+	builtin *rulefmt.RuleGroups
+	files   []string
+	logger  *slog.Logger
+	metrics *promrules.Metrics
+
+	mu       sync.Mutex
+	managers []*promrules.Manager
+}
+
+// New opens the local storage and checks the rule files, reporting every
+// problem with its file and line. Run starts evaluating.
+func New(opts Options) (*Evaluator, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = DefaultRetention
+	}
+	if opts.EvalInterval <= 0 {
+		opts.EvalInterval = DefaultEvalInterval
+	}
+	if opts.Notify == nil {
+		opts.Notify = func(context.Context, string, ...*promrules.Alert) {}
+	}
+	if opts.TargetLabels == nil {
+		host, _ := os.Hostname()
+		opts.TargetLabels = map[string]string{"job": "opsd", "instance": host}
+	}
+	e := &Evaluator{opts: opts, logger: opts.Logger.With("component", "rules")}
+
+	if !opts.DisableBuiltin {
+		b, err := ParseBuiltin(opts.Builtin)
+		if err != nil {
+			return nil, err
+		}
+		e.builtin = b
+	}
+	files, err := expandRuleFiles(opts.RuleFiles)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckRuleFiles(files...); err != nil {
+		return nil, err
+	}
+	e.files = files
+
+	db, err := OpenStore(opts.Dir, opts.Retention)
+	if err != nil {
+		return nil, fmt.Errorf("open local rules storage: %w", err)
+	}
+	e.db = db
+	e.engine = NewEngine(e.logger, opts.Registerer)
+	e.metrics = promrules.NewGroupMetrics(opts.Registerer)
+	return e, nil
+}
+
+// NewEngine returns a PromQL engine with Prometheus's default settings.
+func NewEngine(logger *slog.Logger, reg prometheus.Registerer) *promql.Engine {
+	return promql.NewEngine(promql.EngineOpts{
+		Logger:               logger,
+		Reg:                  reg,
+		MaxSamples:           50_000_000, // --query.max-samples
+		Timeout:              2 * time.Minute,
+		LookbackDelta:        DefaultLookbackDelta,
+		EnableAtModifier:     true,
+		EnableNegativeOffset: true,
+	})
+}
+
+// Storage is the local TSDB, for queries of the HTTP API.
+func (e *Evaluator) Storage() *Store { return e.db }
+
+// Engine is the PromQL engine of the local path.
+func (e *Evaluator) Engine() *promql.Engine { return e.engine }
+
+// Groups returns every rule group with its rules, health, last error and
+// evaluation times, for /api/v1/rules and /api/v1/alerts; nil before Run.
+func (e *Evaluator) Groups() []*promrules.Group {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var gs []*promrules.Group
+	for _, m := range e.managers {
+		gs = append(gs, m.RuleGroups()...)
+	}
+	return gs
+}
+
+// Run collects and evaluates until ctx ends, then stops the managers and
+// writes the storage's snapshot.
+func (e *Evaluator) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	local := e.newManager(ctx, promrules.EngineQueryFunc(e.engine, e.db), "local")
+	var remote *promrules.Manager
+	if e.opts.Remote != nil && len(e.files) > 0 {
+		qf, err := NewRemoteQueryFunc(*e.opts.Remote)
+		if err != nil {
+			return err
+		}
+		remote = e.newManager(ctx, qf, "remote")
+	}
+
+	extLabels := labels.FromMap(e.opts.ExternalLabels)
+	var localFiles []string
+	if e.builtin != nil {
+		localFiles = append(localFiles, BuiltinIdentifier)
+	}
+	if remote == nil {
+		localFiles = append(localFiles, e.files...)
+	}
+	if err := local.Update(e.opts.EvalInterval, localFiles, extLabels, e.opts.ExternalURL, nil); err != nil {
+		return fmt.Errorf("load local rules: %w", err)
+	}
+	managers := []*promrules.Manager{local}
+	if remote != nil {
+		if err := remote.Update(e.opts.EvalInterval, e.files, extLabels, e.opts.ExternalURL, nil); err != nil {
+			return fmt.Errorf("load rules: %w", err)
+		}
+		managers = append(managers, remote)
+	}
+	e.mu.Lock()
+	e.managers = managers
+	e.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, m := range managers {
+		wg.Go(m.Run)
+	}
+	if e.opts.Gatherer != nil {
+		c := NewCollector(e.opts.Gatherer, e.db, e.opts.TargetLabels, e.logger)
+		wg.Go(func() { _ = c.Run(ctx, e.opts.CollectInterval) })
+	}
+	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
+	storeDone := make(chan error, 1)
+	go func() { storeDone <- e.db.Run(storeCtx, time.Minute, DefaultOutageTolerance) }()
+	<-ctx.Done()
+	for _, m := range managers {
+		m.Stop()
+	}
+	wg.Wait()
+	// The last snapshot comes after the managers' last ALERTS_FOR_STATE.
+	stopStore()
+	return <-storeDone
+}
+
+func (e *Evaluator) newManager(ctx context.Context, qf promrules.QueryFunc, path string) *promrules.Manager {
+	var ext *url.URL
+	if e.opts.ExternalURL != "" {
+		ext, _ = url.Parse(e.opts.ExternalURL)
+	}
+	p := parser.NewParser(parser.Options{})
+	return promrules.NewManager(&promrules.ManagerOptions{
+		ExternalURL:     ext,
+		QueryFunc:       qf,
+		NotifyFunc:      e.opts.Notify,
+		Context:         ctx,
+		AppendableV2:    e.db,
+		Queryable:       e.db,
+		Logger:          e.logger.With("path", path),
+		OutageTolerance: DefaultOutageTolerance,
+		ForGracePeriod:  DefaultForGracePeriod,
+		ResendDelay:     DefaultResendDelay,
+		GroupLoader:     groupLoader{builtin: e.builtin, parser: p, logger: e.logger},
+		Metrics:         e.metrics,
+		Parser:          p,
+	})
+}
+
+// groupLoader serves the (tuned) built-in rules under BuiltinIdentifier and
+// reads every other identifier as a rule file.
+type groupLoader struct {
+	builtin *rulefmt.RuleGroups
+	parser  parser.Parser
+	logger  *slog.Logger
+}
+
+func (l groupLoader) Load(identifier string, ignoreUnknownFields bool, scheme model.ValidationScheme) (*rulefmt.RuleGroups, []error) {
+	if identifier == BuiltinIdentifier && l.builtin != nil {
+		return l.builtin, nil
+	}
+	return rulefmt.ParseFile(identifier, ignoreUnknownFields, scheme, l.parser, l.logger)
+}
+
+func (l groupLoader) Parse(query string) (parser.Expr, error) {
+	return l.parser.ParseExpr(query)
+}
+
+// CheckRuleFiles parses rule files as Prometheus loads them and returns
+// every problem, each naming its file (and line where rulefmt knows it).
+func CheckRuleFiles(files ...string) error {
+	var errs []error
+	p := parser.NewParser(parser.Options{})
+	for _, f := range files {
+		_, es := rulefmt.ParseFile(f, false, model.UTF8Validation, p, slog.New(slog.DiscardHandler))
+		errs = append(errs, es...)
+	}
+	return errors.Join(errs...)
+}
+
+func expandRuleFiles(globs []string) ([]string, error) {
+	var files []string
+	seen := map[string]bool{}
+	for _, g := range globs {
+		m, err := filepath.Glob(g)
+		if err != nil {
+			return nil, fmt.Errorf("rule_files %q: %w", g, err)
+		}
+		sort.Strings(m)
+		for _, f := range m {
+			if !seen[f] {
+				seen[f] = true
+				files = append(files, f)
+			}
+		}
+	}
+	return files, nil
+}
+
+// redactURL drops credentials from a URL for errors and logs.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "<unparsable URL>"
+	}
+	return u.Redacted()
+}
