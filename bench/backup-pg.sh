@@ -33,19 +33,13 @@ BENCH_DSN=$(dsn_for opsd_bench)
 PIPE_DB=opsd_bench_restore_pipe
 OPSD_DB=opsd_bench_restore_opsd
 
-for tool in psql pg_dump pg_restore zstd age age-keygen go curl jq; do
-	command -v "$tool" >/dev/null || { echo "backup-pg.sh: $tool not found" >&2; exit 1; }
-done
-VERSITYGW=$(command -v versitygw || true)
-[[ -n $VERSITYGW ]] || VERSITYGW="$(go env GOPATH)/bin/versitygw"
-[[ -x $VERSITYGW ]] || { echo "backup-pg.sh: versitygw not found (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)" >&2; exit 1; }
 
+require_tools psql pg_dump pg_restore zstd age age-keygen go curl jq python3
 WORK=$(mktemp -d)
-PIDS=()
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 cleanup() {
-	local pid
-	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	cleanup_stores
 	for db in "$PIPE_DB" "$OPSD_DB"; do
 		psql -q "$ADMIN_DSN" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
 	done
@@ -54,19 +48,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "== $*" >&2; }
-now() { date +%s.%N; }
-since() { echo "$(now) $1" | awk '{printf "%.2f", $1 - $2}'; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # URL NAME: any HTTP answer within 20 s
-	local i
-	for i in $(seq 200); do
-		curl -s -o /dev/null --max-time 1 "$1" && return 0
-		sleep 0.1
-	done
-	echo "backup-pg.sh: $2 did not answer on $1" >&2
-	return 1
-}
 recreate_db() { PGOPTIONS="-c client_min_messages=warning" psql -q -v ON_ERROR_STOP=1 "$ADMIN_DSN" -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" >/dev/null; }
 
 # ---------------------------------------------------------------- data
@@ -135,82 +116,16 @@ else
 fi
 
 # ---------------------------------------------------------------- stores
-log "build opsd and fake-gcs-server"
-go build -o "$WORK/opsd" ./cmd/opsd
-go build -o "$WORK/fake-gcs-server" github.com/fsouza/fake-gcs-server
-
-S3_PORT=$(free_port)
-export AWS_ACCESS_KEY_ID=opsdbench AWS_SECRET_ACCESS_KEY=opsdbenchsecret AWS_REGION=us-east-1
-mkdir -p "$WORK/versity/data/opsd-bench" "$WORK/versity/versions" # a directory under the posix root is a bucket
-"$VERSITYGW" --port "127.0.0.1:$S3_PORT" --access "$AWS_ACCESS_KEY_ID" --secret "$AWS_SECRET_ACCESS_KEY" \
-	--region us-east-1 --quiet posix --versioning-dir "$WORK/versity/versions" "$WORK/versity/data" \
-	>"$WORK/versitygw.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$S3_PORT/" versitygw
-
-GCS_PORT=$(free_port)
-mkdir -p "$WORK/gcs/opsd-bench" # a directory under the filesystem root is a bucket
-"$WORK/fake-gcs-server" -scheme http -host 127.0.0.1 -port "$GCS_PORT" -backend filesystem \
-	-filesystem-root "$WORK/gcs" -public-host "127.0.0.1:$GCS_PORT" -external-url "http://127.0.0.1:$GCS_PORT" \
-	-log-level warn >"$WORK/fake-gcs-server.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$GCS_PORT/storage/v1/b" fake-gcs-server
-curl -sf "http://127.0.0.1:$GCS_PORT/storage/v1/b/opsd-bench" >/dev/null ||
-	{ echo "backup-pg.sh: fake-gcs-server does not list bucket opsd-bench" >&2; exit 1; }
-# The GCS client library goes unauthenticated only for an emulator named by
-# STORAGE_EMULATOR_HOST (the config has no "no auth" switch).
-export STORAGE_EMULATOR_HOST="http://127.0.0.1:$GCS_PORT"
+start_stores
 
 # ---------------------------------------------------------------- opsd
-OPSD_PORT=$(free_port)
-export OPSD_TOKEN=opsd-bench-token OPSD_ADDR="http://127.0.0.1:$OPSD_PORT"
-TOKEN_SHA=$(printf %s "$OPSD_TOKEN" | sha256sum | cut -d' ' -f1)
-cat >"$WORK/opsd.yaml" <<YAML
-data_dir: $WORK/opsd-data
-server:
-  listen: 127.0.0.1:$OPSD_PORT
-  tokens:
-    - {name: bench, role: admin, sha256: $TOKEN_SHA}
-targets:
-  local: {type: local, path: $WORK/backups-local}
-  s3:    {type: s3, bucket: opsd-bench, endpoint: "http://127.0.0.1:$S3_PORT", path_style: true, region: us-east-1}
-  gcs:   {type: gcs, bucket: opsd-bench, endpoint: "http://127.0.0.1:$GCS_PORT/storage/v1/"}
-sources:
-  bench:
-    type: postgres
-    dsn: "$BENCH_DSN"
-    schedule: "0 0 1 1 *"
-    targets: [local, s3, gcs]
-    encryption: {age_recipients: ["$RECIPIENT"]}
-    compression: {zstd_level: 3}
-YAML
-mkdir -p "$WORK/backups-local"
-"$WORK/opsd" config check "$WORK/opsd.yaml" >&2
-"$WORK/opsd" serve --config "$WORK/opsd.yaml" >"$WORK/opsd.log" 2>&1 &
-OPSD_PID=$!
-PIDS+=($OPSD_PID)
-for i in $(seq 300); do
-	[[ $(curl -s -o /dev/null -w '%{http_code}' "$OPSD_ADDR/readyz") == 200 ]] && break
-	kill -0 "$OPSD_PID" 2>/dev/null || { cat "$WORK/opsd.log" >&2; exit 1; }
-	sleep 0.1
-done
-[[ $(curl -s -o /dev/null -w '%{http_code}' "$OPSD_ADDR/readyz") == 200 ]] || { echo "opsd not ready" >&2; cat "$WORK/opsd.log" >&2; exit 1; }
-
-log "opsd backup run bench --wait (local + s3 + gcs)"
-t0=$(now)
-if ! "$WORK/opsd" backup run bench --wait --json >"$WORK/backup.json"; then
-	cat "$WORK/backup.json" >&2
-	tail -50 "$WORK/opsd.log" >&2
-	exit 1
-fi
-SECS[opsd]=$(since "$t0")
-RSS_KIB=$(awk '/^VmHWM:/ {print $2}' "/proc/$OPSD_PID/status")
-BACKUP_ID=$(jq -r .id "$WORK/backup.json")
-RAW_BYTES=$(jq -r .raw_bytes "$WORK/backup.json")
-SIZE[opsd]=$(jq -r .stored_bytes "$WORK/backup.json")
-log "backup $BACKUP_ID: state $(jq -r .state "$WORK/backup.json"), raw $RAW_BYTES bytes, stored ${SIZE[opsd]}"
-kill "$OPSD_PID"
-wait "$OPSD_PID" 2>/dev/null || true
+write_opsd_config "$WORK/opsd.yaml" "    type: postgres
+    dsn: \"$BENCH_DSN\""
+log "opsd backup run bench --wait (${BENCH_TARGETS:-local, s3, gcs})"
+opsd_backup "$WORK/opsd.yaml"
+SECS[opsd]=$OPSD_SECS
+SIZE[opsd]=$STORED_BYTES
+RSS_KIB=$((OPSD_RSS_MIB * 1024))
 du -sb "$WORK/backups-local" "$WORK/versity/data/opsd-bench" "$WORK/gcs/opsd-bench" >&2
 
 # ---------------------------------------------------------------- restores
@@ -243,7 +158,8 @@ printf "%-44s %8s %8s %9s %11s %9s\n" "backup" "s" "MB/s" "vs pipe" "stored MiB"
 row "pg_dump -Fc" "${SECS[pg_dump_Fc]}" "${SIZE[pg_dump_Fc]}" - pipe
 row "pg_dump -Fc -Z0 | zstd -3 -T0 | age" "${SECS[pipe]}" "${SIZE[pipe]}" - pipe
 [[ -n ${SECS[restic]:-} ]] && row "restic backup --stdin (first)" "${SECS[restic]}" "${SIZE[restic]}" - pipe
-row "opsd backup run (local+s3+gcs)" "${SECS[opsd]}" "${SIZE[opsd]}" "$((RSS_KIB / 1024))" pipe
+row "opsd backup run (${BENCH_TARGETS:-local, s3, gcs})" "${SECS[opsd]}" "${SIZE[opsd]}" "$((RSS_KIB / 1024))" pipe
+echo "CPU seconds during the opsd backup: opsd $OPSD_CPU, versitygw $S3_CPU, fake-gcs-server $GCS_CPU"
 echo
 printf "%-44s %8s %8s %9s\n" "restore" "s" "MB/s" "vs pipe"
 row "age -d | zstd -d | pg_restore" "${SECS[restore_pipe]}" "" - restore_pipe | cut -c1-73

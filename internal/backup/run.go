@@ -85,6 +85,9 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives per-copy outcomes; nil discards.
 	Logger *slog.Logger
+	// SizeHint is the expected stored size (the previous backup's), 0 if
+	// unknown; object stores size their upload parts from it.
+	SizeHint int64
 	// Progress, if set, is called about twice a second with the bytes read
 	// from the source so far.
 	Progress func(Progress)
@@ -186,7 +189,7 @@ func Run(ctx context.Context, src source.Source, opts Options) (*Result, error) 
 		wg.Go(func() {
 			defer stop()
 			t0 := now()
-			info, err := t.Save(dataCtx, dataKey, l, storage.SaveOptions{NoOverwrite: true, ContentType: "application/octet-stream"})
+			info, err := t.Save(dataCtx, dataKey, l, storage.SaveOptions{NoOverwrite: true, ContentType: "application/octet-stream", SizeHint: opts.SizeHint})
 			if err != nil {
 				// Stop feeding it; keep the lane's own reason if it failed first.
 				if r := l.reason(); r != nil {

@@ -139,9 +139,10 @@ type Target struct {
 	// buckets only).
 	Anonymous bool `yaml:"anonymous"`
 
-	// PartSize of S3 multipart uploads (default 16MiB; an object can have
-	// at most 10,000 parts) and UploadConcurrency parts in flight (default
-	// 2): memory per S3 copy is about PartSize*(UploadConcurrency+1).
+	// PartSize of S3 multipart uploads (default 8MiB, raised from the
+	// previous backup's size so twice that fits in 9,000 parts; an object
+	// can have at most 10,000) and UploadConcurrency parts in flight
+	// (default 2): memory per S3 copy is about PartSize*(UploadConcurrency+2).
 	PartSize          Size `yaml:"part_size"`
 	UploadConcurrency int  `yaml:"upload_concurrency"`
 	// ChunkSize of GCS resumable uploads (default 16MiB, a multiple of

@@ -111,21 +111,31 @@ func Run(ctx context.Context, opts Options) error {
 	return d.run(ctx, cfg)
 }
 
-// DefaultMemoryLimit is the Go runtime's soft memory limit when
-// GOMEMLIMIT is not set: the collector works harder near it instead of
-// letting the heap double, so a sidecar's RSS stays predictable.
-const DefaultMemoryLimit = 160 << 20
+// Garbage-collector defaults when GOGC / GOMEMLIMIT are not set. A backup
+// holds a bounded working set (compression frames, one upload buffer per
+// object-store target, lane queues); collecting at half the live heap
+// instead of all of it keeps a sidecar's RSS near that working set, and
+// the soft limit makes the collector work harder before the heap grows
+// past it (it never fails an allocation).
+const (
+	DefaultGCPercent   = 50
+	DefaultMemoryLimit = 192 << 20
+)
 
 func (d *Daemon) setMemoryLimit(getenv func(string) string) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
-	if v := getenv("GOMEMLIMIT"); v != "" {
-		d.log.Info("memory limit from GOMEMLIMIT", "limit", v)
-		return
+	gcPercent, limit := "GOGC", "GOMEMLIMIT"
+	if v := getenv("GOGC"); v == "" {
+		debug.SetGCPercent(DefaultGCPercent)
+		gcPercent = fmt.Sprint(DefaultGCPercent)
 	}
-	debug.SetMemoryLimit(DefaultMemoryLimit)
-	d.log.Info("memory limit set (GOMEMLIMIT overrides)", "limit_mib", DefaultMemoryLimit>>20)
+	if v := getenv("GOMEMLIMIT"); v == "" {
+		debug.SetMemoryLimit(DefaultMemoryLimit)
+		limit = fmt.Sprintf("%dMiB", DefaultMemoryLimit>>20)
+	}
+	d.log.Info("garbage collector", "gc_percent", gcPercent, "memory_limit", limit)
 }
 
 func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {

@@ -72,6 +72,10 @@ type SaveOptions struct {
 	ContentType string
 	// NoOverwrite makes Save fail with ErrExists if key exists.
 	NoOverwrite bool
+	// SizeHint is the expected size (e.g. the previous backup's), 0 if
+	// unknown. Stores that upload in a bounded number of parts size their
+	// parts from it; the actual size may differ either way.
+	SizeHint int64
 }
 
 // Retention is an object's lock.

@@ -76,7 +76,14 @@ func NewWriter(w io.Writer, o Options) (*Writer, error) {
 	if chunk <= 0 {
 		chunk = DefaultChunkSize
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(workers))
+	// A window larger than a frame buys nothing and doubles each
+	// encoder's history buffer.
+	window := zstd.MinWindowSize
+	for window < chunk && window < zstd.MaxWindowSize {
+		window <<= 1
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(workers),
+		zstd.WithWindowSize(window))
 	if err != nil {
 		return nil, err
 	}

@@ -128,13 +128,10 @@ func (s *Service) Progress(id string) (backup.Progress, bool) {
 	return *p, true
 }
 
-// trackProgress starts recording id's progress, with the previous
-// backup's raw size as the expected total; the returned func stops.
-func (s *Service) trackProgress(ctx context.Context, b state.Backup) (func(backup.Progress), func()) {
-	var total int64
-	if prev, err := s.opts.Store.LatestBackup(ctx, b.Source, state.BackupSucceeded, state.BackupPartial); err == nil {
-		total = prev.RawBytes
-	}
+// trackProgress starts recording id's progress, with prev's raw size as
+// the expected total; the returned func stops.
+func (s *Service) trackProgress(b, prev state.Backup) (func(backup.Progress), func()) {
+	total := prev.RawBytes
 	ptr := new(atomic.Pointer[backup.Progress])
 	s.live.Store(b.ID, ptr)
 	start := s.opts.Now()
@@ -385,7 +382,12 @@ func (s *Service) run(ctx context.Context, cfg *config.Config, sc *config.Source
 			spool = ""
 		}
 	}
-	progress, stopProgress := s.trackProgress(ctx, b)
+	// The previous backup sizes the progress estimate and upload parts.
+	prev, err := s.opts.Store.LatestBackup(ctx, b.Source, state.BackupSucceeded, state.BackupPartial)
+	if err != nil && !errors.Is(err, state.ErrNotFound) {
+		log.Warn("previous backup unknown; no size estimate", "err", err)
+	}
+	progress, stopProgress := s.trackProgress(b, prev)
 	defer stopProgress()
 	// The source's timeout bounds the data phase; shutdown stays
 	// distinguishable (ctx itself is not done).
@@ -398,7 +400,7 @@ func (s *Service) run(ctx context.Context, cfg *config.Config, sc *config.Source
 	res, runErr := backup.Run(bctx, src, backup.Options{
 		ID: b.ID, Source: b.Source, Type: sc.Type, Targets: targets, Recipients: recipients, NoEncryption: noEnc,
 		ZstdLevel: sc.Compression.ZstdLevel, Signer: s.opts.Signer, SpoolDir: spool, Now: s.opts.Now, Logger: log,
-		Progress: progress,
+		Progress: progress, SizeHint: prev.StoredBytes,
 	})
 	if runErr != nil && ctx.Err() == nil && bctx.Err() != nil && !errors.Is(runErr, ErrTimeout) {
 		runErr = fmt.Errorf("%w: %w", context.Cause(bctx), runErr)

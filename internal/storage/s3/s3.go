@@ -4,7 +4,11 @@
 // Save streams through the SDK's upload manager: an object smaller than
 // one part is a single PutObject, a larger one a multipart upload of
 // PartSize parts, Concurrency at a time, completed last, so memory is
-// bounded by PartSize*(Concurrency+1) whatever the object's size. A Save
+// bounded by about PartSize*(Concurrency+2) whatever the object's size.
+// An upload of unknown size keeps one part size, so at most 10,000 parts:
+// 78 GiB at the default 8 MiB. SaveOptions.SizeHint (the daemon passes
+// the previous backup's size) raises the part size so twice the hint fits;
+// configure part_size for a first backup beyond that. A Save
 // that fails aborts its upload; one killed mid-way leaves an incomplete
 // multipart upload, invisible to List and Stat, which Cleanup aborts.
 //
@@ -53,7 +57,7 @@ import (
 
 // Defaults for Options.
 const (
-	DefaultPartSize    = 16 << 20
+	DefaultPartSize    = 8 << 20
 	DefaultConcurrency = 2
 )
 
@@ -170,6 +174,17 @@ func New(ctx context.Context, name string, opts Options) (*Backend, error) {
 		u.Concurrency = opts.Concurrency
 	})
 	return &Backend{name: name, opts: opts, prefix: prefix, client: client, uploader: up, transport: tr, now: time.Now}, nil
+}
+
+// partSize is the configured part size, raised so that twice the hinted
+// size fits in 9,000 parts (S3 allows 10,000): a stream of unknown size
+// cannot change its part size once started.
+func (b *Backend) partSize(hint int64) int64 {
+	ps := b.opts.PartSize
+	if need := hint * 2 / 9000; need > ps {
+		ps = (need + 1<<20 - 1) &^ (1<<20 - 1)
+	}
+	return min(ps, 5<<30)
 }
 
 // Client is the SDK client, for tests and tools that need more than the
@@ -321,7 +336,7 @@ func (b *Backend) Save(ctx context.Context, key string, r io.Reader, opts storag
 	cr := &countingReader{r: r, ctx: ctx}
 	in.Body = cr
 	//lint:ignore SA1019 see the uploader field
-	out, err := b.uploader.Upload(ctx, in)
+	out, err := b.uploader.Upload(ctx, in, func(u *manager.Uploader) { u.PartSize = b.partSize(opts.SizeHint) })
 	if err != nil {
 		if cr.err != nil && ctx.Err() == nil {
 			// The caller's reader failed: say so rather than what the SDK
