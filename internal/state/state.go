@@ -117,6 +117,17 @@ type Store interface {
 	// returns an error wrapping ErrNotFound when there is none.
 	LatestBackup(ctx context.Context, source string, states ...string) (Backup, error)
 
+	// AddVerification records a verification of a copy and returns its
+	// id. It returns an error wrapping ErrNotFound when the backup does not
+	// exist and ErrInvalid when v fails CheckVerification.
+	AddVerification(ctx context.Context, v Verification) (int64, error)
+	// ListVerifications returns a backup's verifications, oldest first.
+	ListVerifications(ctx context.Context, backupID string) ([]Verification, error)
+	// LatestVerification returns the newest (by finish time) verification
+	// at level of any backup of source, only passed ones when okOnly. It
+	// returns an error wrapping ErrNotFound when there is none.
+	LatestVerification(ctx context.Context, source, level string, okOnly bool) (Verification, error)
+
 	// Close releases the database. Methods called after Close return an error
 	// wrapping ErrClosed.
 	Close() error

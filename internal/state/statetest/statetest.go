@@ -46,6 +46,7 @@ func Run(t *testing.T, open func(t *testing.T) state.Store) {
 		{"PutCopyConcurrent", testPutCopyConcurrent},
 		{"LatestBackup", testLatestBackup},
 		{"BackupInvalidInput", testBackupInvalidInput},
+		{"Verifications", testVerifications},
 		{"Closed", testClosed},
 	}
 	for _, tt := range tests {
