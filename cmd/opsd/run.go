@@ -64,6 +64,7 @@ func commands() []command {
 		{"backup run", "trigger a backup now (--wait: until it ends)", runBackupRun},
 		{"backup list", "list backups through the daemon; with --target read the target's signed manifests, offline", runBackupList},
 		{"backup show", "a backup's state, copies and manifest", runBackupShow},
+		{"backup verify", "verify a backup's copies: checksum (read back, SHA-256) or restore (into scratch, run the checks)", runBackupVerify},
 		{"backup restore", "restore a backup from the first good copy, offline (SHA-256 checked)", runBackupRestore},
 		{"runbook check", "check runbook files offline: schema, steps, references, expressions; every problem as file:line:col", runRunbookCheck},
 		{"audit verify", "check the audit log offline: exit 0 intact, 1 tampered, 2 cannot verify", runAuditVerify},

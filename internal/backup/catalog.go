@@ -105,6 +105,10 @@ func readSmall(ctx context.Context, b storage.Backend, key string) ([]byte, erro
 // ErrChecksum: a stored copy does not match its manifest.
 var ErrChecksum = errors.New("copy does not match its manifest")
 
+// ErrNotVerifiable: a backup has no manifest, or no complete copy (on the
+// target asked for), so there is nothing to verify.
+var ErrNotVerifiable = errors.New("backup cannot be verified")
+
 // VerifyCopy re-reads the data object of m on a target and checks its size
 // and SHA-256 against the manifest (SPEC §1.1: a backup counts once a copy
 // has been read back and matched).

@@ -22,6 +22,43 @@ type Backups interface {
 	// Progress reports a running backup's progress; ok is false when it
 	// is not running in this process.
 	Progress(id string) (p backup.Progress, ok bool)
+	// EnqueueVerify queues a verification of backup id at level
+	// (checksum|restore) of the copy on target ("" = every complete copy
+	// for checksum, the first good one for restore). Errors wrap
+	// state.ErrNotFound, state.ErrInvalid or backup.ErrNotVerifiable (409).
+	EnqueueVerify(ctx context.Context, id, level, target string) (request string, err error)
+	// Verifications lists backup id's verifications, oldest first.
+	Verifications(ctx context.Context, id string) ([]state.Verification, error)
+}
+
+// VerificationResource is one verification of one copy.
+type VerificationResource struct {
+	Target          string          `json:"target"`
+	Level           string          `json:"level"`
+	OK              bool            `json:"ok"`
+	StartedAt       string          `json:"started_at"`
+	FinishedAt      string          `json:"finished_at"`
+	DurationSeconds float64         `json:"duration_seconds"`
+	Error           string          `json:"error,omitempty"`
+	Report          json.RawMessage `json:"report,omitempty"`
+	// Request is the id POST .../verify answered with; empty for the
+	// verification after each backup and scheduled ones.
+	Request string `json:"request,omitempty"`
+}
+
+// VerifyQueued is the answer to POST /api/v1/backups/{id}/verify.
+type VerifyQueued struct {
+	BackupID string `json:"backup_id"`
+	Level    string `json:"level"`
+	Target   string `json:"target"`
+	State    string `json:"state"`
+	Request  string `json:"request"`
+}
+
+// VerifyRequest is the body of POST /api/v1/backups/{id}/verify.
+type VerifyRequest struct {
+	Level  string `json:"level"`
+	Target string `json:"target,omitempty"`
 }
 
 // ProgressResource is a running backup's progress.
@@ -52,6 +89,8 @@ type BackupResource struct {
 	Error           string          `json:"error,omitempty"`
 	Copies          []CopyResource  `json:"copies,omitempty"`
 	Manifest        json.RawMessage `json:"manifest,omitempty"`
+	// Verifications of the copies, oldest first; GET /api/v1/backups/{id} only.
+	Verifications []VerificationResource `json:"verifications,omitempty"`
 	// Progress of a running backup; GET /api/v1/backups/{id} only.
 	Progress *ProgressResource `json:"progress,omitempty"`
 }
@@ -160,6 +199,20 @@ func (s *Server) handleGetBackup(w http.ResponseWriter, r *http.Request) {
 	if len(b.Manifest) > 0 && json.Valid(b.Manifest) {
 		out.Manifest = b.Manifest
 	}
+	vs, err := s.deps.Backups.Verifications(r.Context(), b.ID)
+	if err != nil {
+		s.backupError(w, r, "list verifications", err)
+		return
+	}
+	for _, v := range vs {
+		vr := VerificationResource{Target: v.Target, Level: v.Level, OK: v.OK, StartedAt: v.StartedAt.UTC().Format(time.RFC3339Nano),
+			FinishedAt: v.FinishedAt.UTC().Format(time.RFC3339Nano), DurationSeconds: v.FinishedAt.Sub(v.StartedAt).Seconds(), Error: v.Error,
+			Request: v.Request}
+		if json.Valid(v.Report) {
+			vr.Report = v.Report
+		}
+		out.Verifications = append(out.Verifications, vr)
+	}
 	if p, ok := s.deps.Backups.Progress(b.ID); ok && b.State == state.BackupRunning {
 		out.Progress = &ProgressResource{Phase: p.Phase, Bytes: p.Bytes, TotalBytes: p.Total, RateBytesPerSecond: p.Rate}
 		if p.ETA > 0 {
@@ -170,6 +223,28 @@ func (s *Server) handleGetBackup(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+func (s *Server) handleVerifyBackup(w http.ResponseWriter, r *http.Request) {
+	var body VerifyRequest
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	if s.deps.Backups == nil {
+		writeProblem(w, r, probUnavailable.with("backups not available"))
+		return
+	}
+	if body.Level == "" {
+		body.Level = state.LevelChecksum
+	}
+	id := r.PathValue("id")
+	req, err := s.deps.Backups.EnqueueVerify(r.Context(), id, body.Level, body.Target)
+	if err != nil {
+		s.backupError(w, r, "queue verification", err)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/backups/"+id)
+	writeJSON(w, http.StatusAccepted, VerifyQueued{BackupID: id, Level: body.Level, Target: body.Target, State: "queued", Request: req})
+}
+
 // backupError maps the service's errors to problems.
 func (s *Server) backupError(w http.ResponseWriter, r *http.Request, what string, err error) {
 	switch {
@@ -177,6 +252,8 @@ func (s *Server) backupError(w http.ResponseWriter, r *http.Request, what string
 		writeProblem(w, r, probNotFound.with(err.Error()))
 	case errors.Is(err, state.ErrInvalid):
 		writeProblem(w, r, probBadRequest.with(err.Error()))
+	case errors.Is(err, backup.ErrNotVerifiable):
+		writeProblem(w, r, probNotVerifiable.with(err.Error()))
 	default:
 		s.log.Error(what, "err", err, "request_id", requestIDFrom(r.Context()))
 		writeProblem(w, r, probInternal.with(what+" failed; see the daemon log for request "+requestIDFrom(r.Context())))

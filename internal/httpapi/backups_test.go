@@ -38,6 +38,28 @@ func (f fakeBackups) ListBackups(_ context.Context, bf state.BackupFilter) ([]st
 
 const runningID = "20261125T080000Z-live"
 
+func (fakeBackups) EnqueueVerify(_ context.Context, id, level, target string) (string, error) {
+	switch {
+	case id != "20261125T060000Z-abcd":
+		return "", fmt.Errorf("backup %s: %w", id, state.ErrNotFound)
+	case level != state.LevelChecksum && level != state.LevelRestore:
+		return "", fmt.Errorf("%w: level %q", state.ErrInvalid, level)
+	case target != "" && target != "a":
+		return "", fmt.Errorf("%w: no complete copy on %s", backup.ErrNotVerifiable, target)
+	}
+	return "20261125T070000Z-0a0b0c0d", nil
+}
+
+func (fakeBackups) Verifications(_ context.Context, id string) ([]state.Verification, error) {
+	if id != "20261125T060000Z-abcd" {
+		return nil, nil
+	}
+	return []state.Verification{{BackupID: id, Target: "a", Level: state.LevelChecksum, OK: true, StartedAt: fakeTime.Add(time.Minute),
+		FinishedAt: fakeTime.Add(61 * time.Second)}, {BackupID: id, Target: "a", Level: state.LevelRestore, OK: false,
+		StartedAt: fakeTime.Add(2 * time.Minute), FinishedAt: fakeTime.Add(3 * time.Minute), Error: "check \"select 1\" expected = 2, got 1",
+		Report: []byte(`{"ok":false}`)}}, nil
+}
+
 func (fakeBackups) Progress(id string) (backup.Progress, bool) {
 	if id != runningID {
 		return backup.Progress{}, false
@@ -77,6 +99,9 @@ func TestBackupRoutes(t *testing.T) {
 		{"list bad limit", "GET", "/api/v1/backups?limit=-1", "viewer", 400},
 		{"get", "GET", "/api/v1/backups/20261125T060000Z-abcd", "viewer", 200},
 		{"get unknown", "GET", "/api/v1/backups/20261125T060000Z-ffff", "viewer", 404},
+		{"verify as operator", "POST", "/api/v1/backups/20261125T060000Z-abcd/verify", "operator", 202},
+		{"verify as viewer", "POST", "/api/v1/backups/20261125T060000Z-abcd/verify", "viewer", 403},
+		{"verify unknown backup", "POST", "/api/v1/backups/20261125T060000Z-ffff/verify", "operator", 404},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -133,5 +158,42 @@ func TestRunningBackupShowsProgress(t *testing.T) {
 	w = f.do(t, "GET", "/api/v1/backups/20261125T060000Z-abcd", "viewer", "")
 	if strings.Contains(w.Body.String(), `"progress"`) {
 		t.Errorf("a finished backup shows progress: %s", w.Body.String())
+	}
+}
+
+func TestVerifyBackupRoute(t *testing.T) {
+	tests := []struct {
+		name, body string
+		want       int
+	}{
+		{"default level", "", 202},
+		{"restore", `{"level":"restore"}`, 202},
+		{"one copy", `{"level":"checksum","target":"a"}`, 202},
+		{"bad level", `{"level":"eyeball"}`, 400},
+		{"copy that is not there", `{"target":"zz"}`, 409},
+		{"unknown field", `{"levle":"restore"}`, 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			w := f.do(t, "POST", "/api/v1/backups/20261125T060000Z-abcd/verify", "operator", tt.body)
+			if w.Code != tt.want {
+				t.Fatalf("verify %s = %d, want %d: %s", tt.body, w.Code, tt.want, w.Body.String())
+			}
+			if tt.want == 409 && !strings.Contains(w.Body.String(), "not-verifiable") {
+				t.Errorf("409 body = %s, want problem type not-verifiable", w.Body.String())
+			}
+		})
+	}
+	f := newFixture(t, nil)
+	w := f.do(t, "GET", "/api/v1/backups/20261125T060000Z-abcd", "viewer", "")
+	var got struct {
+		Verifications []VerificationResource `json:"verifications"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || len(got.Verifications) != 2 {
+		t.Fatalf("GET backup verifications = %s (%v)", w.Body.String(), err)
+	}
+	if v := got.Verifications[1]; v.OK || v.Level != "restore" || v.Error == "" || !strings.Contains(string(v.Report), `"ok": false`) || v.DurationSeconds != 60 {
+		t.Errorf("second verification = %+v", v)
 	}
 }

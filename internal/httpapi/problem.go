@@ -40,6 +40,7 @@ var (
 	probNotImplemented  = problemKind{"not-implemented", "Not implemented in this version of opsd", http.StatusNotImplemented}
 	probUnavailable     = problemKind{"unavailable", "Service unavailable", http.StatusServiceUnavailable}
 	probReloadRefused   = problemKind{"reload-refused", "Reload refused; the running configuration is unchanged", http.StatusConflict}
+	probNotVerifiable   = problemKind{"not-verifiable", "Backup has nothing to verify", http.StatusConflict}
 )
 
 type problemKind struct {

@@ -42,7 +42,7 @@ func (s *Server) routes() {
 		{method: "POST", path: "/api/v1/sources/{name}/backups", role: RoleOperator, action: "backup.run", object: pathObject("source", "name"), handler: http.HandlerFunc(s.handleRunBackup)},
 		{method: "GET", path: "/api/v1/backups", role: RoleViewer, handler: http.HandlerFunc(s.handleListBackups)},
 		{method: "GET", path: "/api/v1/backups/{id}", role: RoleViewer, handler: http.HandlerFunc(s.handleGetBackup)},
-		{method: "POST", path: "/api/v1/backups/{id}/verify", role: RoleOperator, handler: notYet("backup verification")},
+		{method: "POST", path: "/api/v1/backups/{id}/verify", role: RoleOperator, action: "backup.verify", object: pathObject("backup", "id"), handler: http.HandlerFunc(s.handleVerifyBackup)},
 		{method: "POST", path: "/api/v1/backups/{id}/restore", role: RoleOperator, handler: notYet("restores")},
 
 		// Runbooks and drills.

@@ -23,6 +23,9 @@ type Verification struct {
 	FinishedAt time.Time
 	Error      string // why it failed; empty when OK
 	Report     []byte // JSON details (restore checks); nil if none
+	// Request identifies the verify request that produced it (one request
+	// checks several copies); empty for scheduled ones.
+	Request string
 }
 
 // CheckVerification validates v before AddVerification stores it.
@@ -38,6 +41,9 @@ func CheckVerification(v Verification) error {
 	}
 	if v.StartedAt.IsZero() || v.FinishedAt.Before(v.StartedAt) {
 		return fmt.Errorf("%w: verification needs started_at <= finished_at", ErrInvalid)
+	}
+	if err := CheckText("verification request", v.Request); err != nil {
+		return err
 	}
 	return CheckText("verification error", v.Error)
 }

@@ -12,6 +12,9 @@ type Metrics struct {
 	duration    *prometheus.HistogramVec
 	bytes       *prometheus.CounterVec
 	failures    *prometheus.CounterVec
+	// lastVerified is the finish time of the newest passed verification
+	// (any level) of a source's copies on a target.
+	lastVerified *prometheus.GaugeVec
 }
 
 // NewMetrics registers the backup metrics on reg.
@@ -32,10 +35,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"source", "target"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "opsd_backup_failures_total",
-			Help: "Failed backup copies by reason: source, target or encryption.",
+			Help: "Failed backup copies by reason: source, target or encryption; failed verifications of a copy: checksum or restore.",
 		}, []string{"source", "target", "reason"}),
+		lastVerified: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "opsd_backup_last_verified_timestamp_seconds",
+			Help: "Finish time of the newest passed verification (checksum or restore) of a copy on the target.",
+		}, []string{"source", "target"}),
 	}
-	for _, c := range []prometheus.Collector{m.lastSuccess, m.duration, m.bytes, m.failures} {
+	for _, c := range []prometheus.Collector{m.lastSuccess, m.duration, m.bytes, m.failures, m.lastVerified} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register backup metrics: %w", err)
 		}

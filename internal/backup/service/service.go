@@ -170,7 +170,10 @@ func New(opts Options) (*Service, error) {
 
 // Register adds the backup worker to workers.
 func (s *Service) Register(workers *river.Workers) error {
-	return river.AddWorkerSafely(workers, &Worker{svc: s})
+	if err := river.AddWorkerSafely(workers, &Worker{svc: s}); err != nil {
+		return err
+	}
+	return river.AddWorkerSafely(workers, &VerifyWorker{svc: s})
 }
 
 // Attach sets the queue Enqueue inserts into.
@@ -322,6 +325,10 @@ func (s *Service) work(ctx context.Context, jobID int64, created time.Time, args
 		return fmt.Errorf("backup %s: record outcome: %w", id, err)
 	}
 	s.observe(args.Source, b, finished.Sub(started))
+	if b.State == state.BackupSucceeded || b.State == state.BackupPartial {
+		// Every backup is read back once right away (SPEC §1.1).
+		s.verifyAfterBackup(ctx, b)
+	}
 	log.Info("backup finished", "state", b.State, "raw_bytes", b.RawBytes, "stored_bytes", b.StoredBytes,
 		"duration", finished.Sub(started))
 	if b.State == state.BackupFailed {

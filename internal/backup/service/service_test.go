@@ -2,6 +2,8 @@ package service
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -39,11 +41,21 @@ func (r *recorder) Record(_ context.Context, rec action.Record) (int64, error) {
 	return int64(len(r.recs) - 1), nil
 }
 
-type fakeQueue struct{ args []Args }
+type fakeQueue struct {
+	args     []Args
+	verifies []VerifyArgs
+}
 
 func (q *fakeQueue) Insert(_ context.Context, a river.JobArgs, _ *river.InsertOpts) (jobs.JobInfo, error) {
-	q.args = append(q.args, a.(Args))
-	return jobs.JobInfo{ID: int64(len(q.args))}, nil
+	switch a := a.(type) {
+	case Args:
+		q.args = append(q.args, a)
+		return jobs.JobInfo{ID: int64(len(q.args))}, nil
+	case VerifyArgs:
+		q.verifies = append(q.verifies, a)
+		return jobs.JobInfo{ID: int64(1000 + len(q.verifies))}, nil
+	}
+	return jobs.JobInfo{}, fmt.Errorf("unexpected job %T", a)
 }
 
 type fixture struct {
@@ -295,5 +307,130 @@ func TestSourceTimeout(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// backupOnce runs one backup of demo through the fixture and returns it.
+func backupOnce(t *testing.T, f *fixture) state.Backup {
+	t.Helper()
+	ctx := context.Background()
+	b, err := f.svc.Enqueue(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.work(ctx, 1, b.QueuedAt, f.queue.args[len(f.queue.args)-1]); err != nil {
+		t.Fatalf("work = %v", err)
+	}
+	got, _, err := f.store.GetBackup(ctx, b.ID)
+	if err != nil || got.State != state.BackupSucceeded {
+		t.Fatalf("backup = %+v, %v", got, err)
+	}
+	return got
+}
+
+func TestVerifyChecksumAndRestore(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	b := backupOnce(t, f)
+	if len(f.queue.verifies) != 1 || f.queue.verifies[0] != (VerifyArgs{BackupID: b.ID, Level: state.LevelChecksum}) {
+		t.Fatalf("after the backup queued %+v, want one checksum verification of %s", f.queue.verifies, b.ID)
+	}
+
+	vs, err := f.svc.Verify(ctx, VerifyArgs{BackupID: b.ID, Level: state.LevelChecksum})
+	if err != nil || len(vs) != 2 {
+		t.Fatalf("Verify checksum = %+v, %v; want two results", vs, err)
+	}
+	for _, v := range vs {
+		if !v.OK || v.Error != "" {
+			t.Errorf("checksum of %s = %+v, want ok", v.Target, v)
+		}
+		if testutil.ToFloat64(f.metrics.lastVerified.WithLabelValues("demo", v.Target)) == 0 {
+			t.Errorf("last_verified{%s} not set", v.Target)
+		}
+	}
+
+	// Flip one byte of the data object on target a.
+	var key string
+	if err := f.targets["a"].List(ctx, "demo/"+b.ID+"/data", func(oi storage.ObjectInfo) error { key = oi.Key; return nil }); err != nil || key == "" {
+		t.Fatalf("data object on a: %q %v", key, err)
+	}
+	path := filepath.Join(f.dir, "target-a", filepath.FromSlash(key))
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x01
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	vs, err = f.svc.Verify(ctx, VerifyArgs{BackupID: b.ID, Level: state.LevelChecksum})
+	if err != nil || len(vs) != 2 {
+		t.Fatalf("Verify after the flip = %+v, %v", vs, err)
+	}
+	for _, v := range vs {
+		switch {
+		case v.Target == "a" && (v.OK || !strings.Contains(v.Error, "SHA-256") && !strings.Contains(strings.ToLower(v.Error), "sha256")):
+			t.Errorf("checksum of the corrupted copy = %+v, want a SHA-256 mismatch", v)
+		case v.Target == "b" && !v.OK:
+			t.Errorf("checksum of the intact copy = %+v, want ok", v)
+		}
+	}
+	if n := testutil.ToFloat64(f.metrics.failures.WithLabelValues("demo", "a", state.LevelChecksum)); n != 1 {
+		t.Errorf("failures_total{a,checksum} = %v, want 1", n)
+	}
+
+	// Restore level: the corrupted copy is refused, the good one restored
+	// into scratch and its file index compared.
+	vs, err = f.svc.Verify(ctx, VerifyArgs{BackupID: b.ID, Level: state.LevelRestore})
+	if err != nil || len(vs) != 1 {
+		t.Fatalf("Verify restore = %+v, %v", vs, err)
+	}
+	if v := vs[0]; !v.OK || v.Target != "b" || len(v.Report) == 0 {
+		t.Errorf("restore verification = %+v (report %s), want ok from b with a report", v, v.Report)
+	}
+	all, err := f.store.ListVerifications(ctx, b.ID)
+	if err != nil || len(all) != 5 {
+		t.Errorf("recorded verifications = %d, %v; want 5", len(all), err)
+	}
+	if proven, err := f.store.LatestVerification(ctx, "demo", state.LevelRestore, true); err != nil || proven.BackupID != b.ID {
+		t.Errorf("latest proven restore = %+v, %v", proven, err)
+	}
+	audited := 0
+	for _, r := range f.rec.recs {
+		if r.Action == "backup.verify" {
+			audited++
+		}
+	}
+	if audited != 2*5 { // accepted + outcome per verification
+		t.Errorf("backup.verify audit records = %d, want 10", audited)
+	}
+
+	// A verify of a copy that does not exist, and of an unknown backup.
+	if _, err := f.svc.EnqueueVerify(ctx, b.ID, state.LevelChecksum, "nope"); !errors.Is(err, ErrNotVerifiable) {
+		t.Errorf("verify of a missing copy = %v, want ErrNotVerifiable", err)
+	}
+	if _, err := f.svc.EnqueueVerify(ctx, "20261125T000000Z-00000000", state.LevelChecksum, ""); !errors.Is(err, state.ErrNotFound) {
+		t.Errorf("verify of an unknown backup = %v, want not found", err)
+	}
+	if _, err := f.svc.EnqueueVerify(ctx, b.ID, "eyeball", ""); !errors.Is(err, state.ErrInvalid) {
+		t.Errorf("verify at an unknown level = %v, want invalid", err)
+	}
+}
+
+// TestVerifyRestoreOfCommandSourceFails: there is no restore check for a
+// command's output, and saying so is a failed verification, not a pass.
+func TestVerifyRestoreOfCommandSourceFails(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	sc := f.svc.opts.Config().Sources["demo"]
+	*sc = config.Source{Type: "command", Command: []string{"echo", "hello"}, Targets: []string{"a", "b"},
+		Schedule: sc.Schedule, Encryption: sc.Encryption}
+	b := backupOnce(t, f)
+	vs, err := f.svc.Verify(ctx, VerifyArgs{BackupID: b.ID, Level: state.LevelRestore})
+	if err != nil || len(vs) != 1 {
+		t.Fatalf("Verify = %+v, %v", vs, err)
+	}
+	if vs[0].OK || !strings.Contains(vs[0].Error, "no restore check") {
+		t.Errorf("restore verification of a command source = %+v, want a failure saying why", vs[0])
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/state"
 )
 
-const verificationColumns = `v.id, v.backup_id, v.target, v.level, v.ok, v.started_at, v.finished_at, v.error, v.report`
+const verificationColumns = `v.id, v.backup_id, v.target, v.level, v.ok, v.started_at, v.finished_at, v.error, v.report, v.request`
 
 // AddVerification records v and returns its id.
 func (s *Store) AddVerification(ctx context.Context, v state.Verification) (int64, error) {
@@ -22,11 +22,11 @@ func (s *Store) AddVerification(ctx context.Context, v state.Verification) (int6
 	}
 	var id int64
 	err := s.pool.QueryRow(ctx, `INSERT INTO opsd_verifications
-		(backup_id, target, level, ok, started_at, finished_at, error, report)
-		SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM opsd_backups WHERE id = $1)
+		(backup_id, target, level, ok, started_at, finished_at, error, report, request)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM opsd_backups WHERE id = $1)
 		RETURNING id`,
 		v.BackupID, v.Target, v.Level, v.OK, state.Timestamp(v.StartedAt), state.Timestamp(v.FinishedAt), v.Error,
-		nullBytes(v.Report)).Scan(&id)
+		nullBytes(v.Report), v.Request).Scan(&id)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return 0, fmt.Errorf("add verification of %q: backup: %w", v.BackupID, state.ErrNotFound)
@@ -84,7 +84,7 @@ func (s *Store) LatestVerification(ctx context.Context, source, level string, ok
 
 func scanVerification(row pgx.Row) (state.Verification, error) {
 	var v state.Verification
-	if err := row.Scan(&v.ID, &v.BackupID, &v.Target, &v.Level, &v.OK, &v.StartedAt, &v.FinishedAt, &v.Error, &v.Report); err != nil {
+	if err := row.Scan(&v.ID, &v.BackupID, &v.Target, &v.Level, &v.OK, &v.StartedAt, &v.FinishedAt, &v.Error, &v.Report, &v.Request); err != nil {
 		return state.Verification{}, err
 	}
 	v.StartedAt, v.FinishedAt = v.StartedAt.UTC(), v.FinishedAt.UTC()

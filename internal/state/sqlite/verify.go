@@ -9,7 +9,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/state"
 )
 
-const verificationColumns = `v.id, v.backup_id, v.target, v.level, v.ok, v.started_at, v.finished_at, v.error, v.report`
+const verificationColumns = `v.id, v.backup_id, v.target, v.level, v.ok, v.started_at, v.finished_at, v.error, v.report, v.request`
 
 // AddVerification records v and returns its id.
 func (s *Store) AddVerification(ctx context.Context, v state.Verification) (int64, error) {
@@ -21,11 +21,11 @@ func (s *Store) AddVerification(ctx context.Context, v state.Verification) (int6
 	}
 	var id int64
 	err := s.db.QueryRowContext(ctx, `INSERT INTO opsd_verifications
-		(backup_id, target, level, ok, started_at, finished_at, error, report)
-		SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM opsd_backups WHERE id = ?)
+		(backup_id, target, level, ok, started_at, finished_at, error, report, request)
+		SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM opsd_backups WHERE id = ?)
 		RETURNING id`,
 		v.BackupID, v.Target, v.Level, v.OK, formatTime(v.StartedAt), formatTime(v.FinishedAt), v.Error,
-		nullBytes(v.Report), v.BackupID).Scan(&id)
+		nullBytes(v.Report), v.Request, v.BackupID).Scan(&id)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return 0, fmt.Errorf("add verification of %q: backup: %w", v.BackupID, state.ErrNotFound)
@@ -84,7 +84,7 @@ func (s *Store) LatestVerification(ctx context.Context, source, level string, ok
 func scanVerification(row interface{ Scan(...any) error }) (state.Verification, error) {
 	var v state.Verification
 	var started, finished string
-	if err := row.Scan(&v.ID, &v.BackupID, &v.Target, &v.Level, &v.OK, &started, &finished, &v.Error, &v.Report); err != nil {
+	if err := row.Scan(&v.ID, &v.BackupID, &v.Target, &v.Level, &v.OK, &started, &finished, &v.Error, &v.Report, &v.Request); err != nil {
 		return state.Verification{}, err
 	}
 	var err error

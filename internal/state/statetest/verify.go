@@ -16,7 +16,7 @@ func testVerifications(t *testing.T, s state.Store) {
 	mustCreate(t, s, b1, b2, other)
 	at := func(min int) time.Time { return catalogBase.Add(time.Duration(min) * time.Minute) }
 	vs := []state.Verification{
-		{BackupID: b1.ID, Target: "local", Level: state.LevelChecksum, OK: true, StartedAt: at(10), FinishedAt: at(11)},
+		{BackupID: b1.ID, Target: "local", Level: state.LevelChecksum, OK: true, StartedAt: at(10), FinishedAt: at(11), Request: "r-1"},
 		{BackupID: b1.ID, Target: "s3", Level: state.LevelChecksum, OK: false, StartedAt: at(10), FinishedAt: at(12),
 			Error: "sha256 mismatch: got 00ff, manifest says 11aa"},
 		{BackupID: b1.ID, Target: "local", Level: state.LevelRestore, OK: true, StartedAt: at(20), FinishedAt: at(25),

@@ -8,7 +8,8 @@ CREATE TABLE opsd_verifications (
     started_at  timestamptz NOT NULL,
     finished_at timestamptz NOT NULL,
     error       text NOT NULL,
-    report      bytea
+    report      bytea,
+    request     text NOT NULL
 );
 
 CREATE INDEX opsd_verifications_backup ON opsd_verifications (backup_id, id);

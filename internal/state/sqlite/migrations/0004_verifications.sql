@@ -8,7 +8,8 @@ CREATE TABLE opsd_verifications (
     started_at  TEXT NOT NULL,
     finished_at TEXT NOT NULL,
     error       TEXT NOT NULL,
-    report      BLOB
+    report      BLOB,
+    request     TEXT NOT NULL
 ) STRICT;
 
 CREATE INDEX opsd_verifications_backup ON opsd_verifications (backup_id, id);
