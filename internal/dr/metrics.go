@@ -1,0 +1,58 @@
+package dr
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/opsd-dev/opsd/internal/state"
+)
+
+// Metrics are the drill gauges of SPEC §8, set when a drill run ends.
+type Metrics struct {
+	rto     *prometheus.GaugeVec
+	rpo     *prometheus.GaugeVec
+	success *prometheus.GaugeVec
+}
+
+// NewMetrics registers the drill metrics with reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		rto: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsd_drill_last_rto_seconds",
+			Help: "RTO measured by the last drill of the runbook (start of disruption to end of the step marked recovered)."},
+			[]string{"runbook"}),
+		rpo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsd_drill_last_rpo_seconds",
+			Help: "RPO measured by the last drill of the runbook (disruption back to the restored backup's snapshot)."},
+			[]string{"runbook"}),
+		success: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "opsd_drill_last_success",
+			Help: "1 if the last drill of the runbook succeeded and met its measured objectives, else 0."},
+			[]string{"runbook"}),
+	}
+	for _, c := range []prometheus.Collector{m.rto, m.rpo, m.success} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register drill metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) observe(rep *Report) {
+	ok := rep.State == state.RunSucceeded
+	if rep.RTO != nil {
+		m.rto.WithLabelValues(rep.Runbook).Set(rep.RTO.Seconds)
+		if rep.RTO.Met != nil && !*rep.RTO.Met {
+			ok = false
+		}
+	}
+	if rep.RPO != nil {
+		m.rpo.WithLabelValues(rep.Runbook).Set(rep.RPO.Seconds)
+		if rep.RPO.Met != nil && !*rep.RPO.Met {
+			ok = false
+		}
+	}
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	m.success.WithLabelValues(rep.Runbook).Set(v)
+}
