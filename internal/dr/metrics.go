@@ -56,3 +56,15 @@ func (m *Metrics) observe(rep *Report) {
 	}
 	m.success.WithLabelValues(rep.Runbook).Set(v)
 }
+
+// RTOGauge, RPOGauge and SuccessGauge return the gauges of runbook, for
+// tests and the daemon's status page.
+func (m *Metrics) RTOGauge(runbook string) prometheus.Gauge { return m.rto.WithLabelValues(runbook) }
+
+// RPOGauge returns opsd_drill_last_rpo_seconds{runbook}.
+func (m *Metrics) RPOGauge(runbook string) prometheus.Gauge { return m.rpo.WithLabelValues(runbook) }
+
+// SuccessGauge returns opsd_drill_last_success{runbook}.
+func (m *Metrics) SuccessGauge(runbook string) prometheus.Gauge {
+	return m.success.WithLabelValues(runbook)
+}
