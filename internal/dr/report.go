@@ -259,14 +259,15 @@ const jsonFence = "\n```json\n"
 
 // VerifyReport checks a signed report (JSON or Markdown form) with verifier
 // and returns the report it holds. A report whose text or signature changed
-// is ErrReportTampered; one signed by another key is an error wrapping
-// note.UnknownVerifierError.
+// is ErrReportTampered; one without a signature by verifier's key is an error
+// wrapping note.UnverifiedNoteError or note.UnknownVerifierError.
 func VerifyReport(data []byte, verifier note.Verifier) (*Report, error) {
 	n, err := note.Open(data, note.VerifierList(verifier))
 	if err != nil {
 		var unknown *note.UnknownVerifierError
-		if errors.As(err, &unknown) {
-			return nil, fmt.Errorf("verify report: signed by another key: %w", err)
+		var unverified *note.UnverifiedNoteError
+		if errors.As(err, &unknown) || errors.As(err, &unverified) {
+			return nil, fmt.Errorf("verify report: no signature by this key (signed by another key?): %w", err)
 		}
 		return nil, fmt.Errorf("verify report: %w: %w", ErrReportTampered, err)
 	}
