@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -34,6 +33,14 @@ type statusView struct {
 		Targets  []string  `json:"targets"`
 		Policy   string    `json:"policy"`
 		Level    *string   `json:"level"`
+		// Grading and freshness (see internal/daemon SourceStatus).
+		MeetsPolicy         bool       `json:"meets_policy"`
+		Missing             string     `json:"missing"`
+		LastSuccess         *time.Time `json:"last_success"`
+		LastChecksum        *time.Time `json:"last_checksum_verification"`
+		LastProvenRestore   *time.Time `json:"last_proven_restore"`
+		RPOSeconds          *float64   `json:"rpo_seconds"`
+		RPOObjectiveSeconds float64    `json:"rpo_objective_seconds"`
 		// LastBackup is the newest backup in the catalog, if any.
 		LastBackup *struct {
 			ID    string `json:"id"`
@@ -74,11 +81,24 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintln(e.stdout)
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tTYPE\tSCHEDULE\tNEXT RUN\tTARGETS\tPOLICY\tLEVEL\tLAST BACKUP")
+	fmt.Fprintln(tw, "SOURCE\tTYPE\tPOLICY\tLEVEL\tLAST BACKUP\tLAST SUCCESS\tREAD BACK\tPROVEN RESTORE\tRPO NOW/OBJ\tNEXT RUN")
+	now := time.Now()
+	var notes []string
 	for _, s := range st.Sources {
 		level := "-"
 		if s.Level != nil {
 			level = *s.Level
+			if level == "" {
+				level = "none"
+			}
+			if s.Policy != "" && !s.MeetsPolicy {
+				level += " BELOW"
+				notes = append(notes, fmt.Sprintf("%s: below its policy %s: %s", s.Name, s.Policy, s.Missing))
+			} else if s.Missing != "" && s.Policy == "" {
+				notes = append(notes, fmt.Sprintf("%s: %s", s.Name, s.Missing))
+			}
+		} else if s.Missing != "" {
+			notes = append(notes, fmt.Sprintf("%s: %s", s.Name, s.Missing))
 		}
 		next := "-"
 		if !s.NextRun.IsZero() {
@@ -88,13 +108,48 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		if s.LastBackup != nil {
 			last = s.LastBackup.ID + " " + s.LastBackup.State
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Type, s.Schedule, next, strings.Join(s.Targets, ","), dash(s.Policy), level, last)
+		rpo := "-"
+		if s.RPOSeconds != nil {
+			rpo = roundAge(time.Duration(*s.RPOSeconds * float64(time.Second)))
+			if s.RPOObjectiveSeconds > 0 {
+				obj := time.Duration(s.RPOObjectiveSeconds * float64(time.Second))
+				rpo += "/" + roundAge(obj)
+				if *s.RPOSeconds > s.RPOObjectiveSeconds {
+					rpo += " OVER"
+				}
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Type, dash(s.Policy), level, last,
+			ago(now, s.LastSuccess), ago(now, s.LastChecksum), ago(now, s.LastProvenRestore), rpo, next)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	for _, n := range notes {
+		fmt.Fprintln(e.stdout, n)
+	}
 	fmt.Fprintf(e.stdout, "\nruns: %d running, alerts: %d firing, budgets: %d\n", len(st.Runs), len(st.Alerts), len(st.Budgets))
 	return nil
+}
+
+// ago is "5m ago", "-" for never.
+func ago(now time.Time, t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return roundAge(now.Sub(*t)) + " ago"
+}
+
+func roundAge(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		return d.Round(time.Minute).String()
+	case d < 48*time.Hour:
+		return d.Round(time.Minute).String()
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
 func short(s string) string {

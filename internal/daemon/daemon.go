@@ -301,6 +301,7 @@ func (d *Daemon) run(ctx context.Context, cfg *config.Config) error {
 	actor("jobs", d.jobs.Run)
 	actor("audit", d.audit.Run)
 	actor("heartbeat", d.heartbeat)
+	actor("backup-maintenance", d.backups.RunMaintenance)
 	actor("watchdog", func(ctx context.Context) error { return d.notify.runWatchdog(ctx, d.healthy) })
 	actor("ready", func(ctx context.Context) error {
 		if err := d.waitReady(ctx); err != nil {

@@ -38,8 +38,10 @@ type AuditStatus struct {
 	Error    string `json:"error,omitempty"`
 }
 
-// SourceStatus summarises one backup source. Level is null until the
-// compliance grading lands.
+// SourceStatus summarises one backup source: its 3-2-1-1-0 level now
+// (counting only checksum-verified copies of the newest backup), the rule
+// missing, and when it was last backed up, read back and proven
+// restorable.
 type SourceStatus struct {
 	Name     string     `json:"name"`
 	Type     string     `json:"type"`
@@ -47,10 +49,34 @@ type SourceStatus struct {
 	NextRun  *time.Time `json:"next_run,omitempty"`
 	Targets  []string   `json:"targets"`
 	Policy   string     `json:"policy,omitempty"`
-	Level    *string    `json:"level"`
+	// Level is "" (no rule met) to "3-2-1-1-0"; null when not graded.
+	Level *string `json:"level"`
+	// MeetsPolicy is false when the level is below the policy.
+	MeetsPolicy bool `json:"meets_policy"`
+	// Missing names the first rule not met ("" when all five are).
+	Missing string `json:"missing,omitempty"`
+	// Rules is each rule of 3-2-1-1-0 with its verdict.
+	Rules []RuleStatus `json:"rules,omitempty"`
+	// LastSuccess is the newest backup with every copy complete.
+	LastSuccess *time.Time `json:"last_success,omitempty"`
+	// LastChecksum is the newest passed read-back of a copy.
+	LastChecksum *time.Time `json:"last_checksum_verification,omitempty"`
+	// LastProvenRestore is the newest passed restore verification.
+	LastProvenRestore *time.Time `json:"last_proven_restore,omitempty"`
+	// RPOSeconds is the age of the newest usable backup's data now;
+	// RPOObjectiveSeconds the configured objectives.rpo (0 = none).
+	RPOSeconds          *float64 `json:"rpo_seconds,omitempty"`
+	RPOObjectiveSeconds float64  `json:"rpo_objective_seconds,omitempty"`
 	// LastBackup is the newest backup in the catalog; nil when there is
 	// none.
 	LastBackup *LastBackup `json:"last_backup,omitempty"`
+}
+
+// RuleStatus is one rule of 3-2-1-1-0.
+type RuleStatus struct {
+	Rule   string `json:"rule"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
 }
 
 // LastBackup summarises a source's newest backup.
@@ -99,7 +125,7 @@ func (d *Daemon) status(ctx context.Context) (any, error) {
 		if withLast, err := d.withLastBackup(ctx, ss); err == nil {
 			ss = withLast
 		}
-		st.Sources = append(st.Sources, ss)
+		st.Sources = append(st.Sources, d.withHealth(ctx, ss))
 	}
 	sort.Slice(st.Sources, func(i, j int) bool { return st.Sources[i].Name < st.Sources[j].Name })
 	for name, t := range cfg.Targets {
@@ -188,7 +214,7 @@ func (d *Daemon) sources(ctx context.Context) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		out.Items = append(out.Items, ss)
+		out.Items = append(out.Items, d.withHealth(ctx, ss))
 	}
 	sort.Slice(out.Items, func(i, j int) bool { return out.Items[i].Name < out.Items[j].Name })
 	return out, nil
@@ -200,7 +226,45 @@ func (d *Daemon) source(ctx context.Context, name string) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("source %q: %w", name, service.ErrUnknownSource)
 	}
-	return d.withLastBackup(ctx, sourceStatus(name, s, time.Now().UTC()))
+	ss, err := d.withLastBackup(ctx, sourceStatus(name, s, time.Now().UTC()))
+	if err != nil {
+		return nil, err
+	}
+	return d.withHealth(ctx, ss), nil
+}
+
+// withHealth adds the source's grading; a grading error leaves Level null
+// and says why in Missing.
+func (d *Daemon) withHealth(ctx context.Context, ss SourceStatus) SourceStatus {
+	if d.backups == nil {
+		return ss
+	}
+	h, err := d.backups.Health(ctx, ss.Name)
+	if err != nil {
+		ss.Missing = "not graded: " + err.Error()
+		return ss
+	}
+	level := h.Compliance.Level
+	ss.Level = &level
+	ss.MeetsPolicy, ss.Missing = h.Compliance.Meets, h.Compliance.Missing
+	for _, r := range h.Compliance.Rules {
+		ss.Rules = append(ss.Rules, RuleStatus{Rule: r.Rule, OK: r.OK, Detail: r.Detail})
+	}
+	ss.LastSuccess, ss.LastChecksum, ss.LastProvenRestore = timePtr(h.LastSuccess), timePtr(h.LastChecksum), timePtr(h.LastProvenRestore)
+	if h.BackupID != "" {
+		rpo := h.RPO.Seconds()
+		ss.RPOSeconds = &rpo
+	}
+	ss.RPOObjectiveSeconds = h.RPOObjective.Seconds()
+	return ss
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
 }
 
 func isNotFound(err error) bool { return errors.Is(err, state.ErrNotFound) }

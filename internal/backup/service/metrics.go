@@ -15,6 +15,10 @@ type Metrics struct {
 	// lastVerified is the finish time of the newest passed verification
 	// (any level) of a source's copies on a target.
 	lastVerified *prometheus.GaugeVec
+	// compliance is the number of 3-2-1-1-0 rules met in order (0..5).
+	compliance *prometheus.GaugeVec
+	// required is the number of rules the source's policy asks for.
+	required *prometheus.GaugeVec
 }
 
 // NewMetrics registers the backup metrics on reg.
@@ -42,7 +46,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Finish time of the newest passed verification (checksum or restore) of a copy on the target.",
 		}, []string{"source", "target"}),
 	}
-	for _, c := range []prometheus.Collector{m.lastSuccess, m.duration, m.bytes, m.failures, m.lastVerified} {
+	m.compliance = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "opsd_backup_compliance_level",
+		Help: "3-2-1-1-0 rules the source's newest backup meets, in order (0-5; 5 = 3-2-1-1-0), counting only checksum-verified copies.",
+	}, []string{"source"})
+	m.required = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "opsd_backup_compliance_required",
+		Help: "3-2-1-1-0 rules the source's policy requires (0-5); below it when opsd_backup_compliance_level is lower.",
+	}, []string{"source"})
+	for _, c := range []prometheus.Collector{m.lastSuccess, m.duration, m.bytes, m.failures, m.lastVerified, m.compliance, m.required} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register backup metrics: %w", err)
 		}

@@ -113,6 +113,7 @@ type Service struct {
 	log   *slog.Logger
 	queue Queue
 	live  sync.Map // backup id → *atomic.Pointer[backup.Progress], while running here
+	locks lockState
 }
 
 // Progress reports the progress of a backup running in this process.
