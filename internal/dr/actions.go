@@ -55,6 +55,12 @@ type StepContext struct {
 	Now func() time.Time
 	// After is the engine's timer.
 	After func(d time.Duration) <-chan time.Time
+	// Redact replaces the run's secret values in s; an action applies it to
+	// anything it sends or logs outside the journal (a notification).
+	Redact func(s string) string
+	// Log journals a log line as a "log" event of the step (redacted), for
+	// people following the run; nil outside the engine.
+	Log func(ctx context.Context, line string)
 
 	gate approvalGate
 }
@@ -248,7 +254,12 @@ func (a *notifyAction) Run(ctx context.Context, sc *StepContext) (map[string]any
 	if sev == "" {
 		sev = "info"
 	}
-	n := Notification{Receiver: sc.String("receiver"), Severity: sev, Message: sc.String("message"),
+	msg := sc.String("message")
+	if sc.Redact != nil {
+		// Notifications leave opsd (chat, mail): secrets never go with them.
+		msg = sc.Redact(msg)
+	}
+	n := Notification{Receiver: sc.String("receiver"), Severity: sev, Message: msg,
 		RunID: sc.RunID, Runbook: sc.Runbook, StepID: sc.StepID}
 	if err := a.n.Notify(ctx, n); err != nil {
 		return nil, fmt.Errorf("notify %s: %w", n.Receiver, err)

@@ -685,9 +685,7 @@ func (e *Engine) decide(ctx context.Context, runID, stepID string, actor Actor, 
 	if !ok {
 		return fmt.Errorf("%s %s/%s: %w", verb, runID, stepID, ErrNotActive)
 	}
-	a.mu.Lock()
-	approvers, waiting := a.waitingA[stepID]
-	a.mu.Unlock()
+	approvers, waiting := e.approversFor(a, stepID)
 	if !waiting {
 		return fmt.Errorf("%s %s/%s: step is not waiting for approval: %w", verb, runID, stepID, ErrNotWaiting)
 	}
@@ -715,6 +713,36 @@ func (e *Engine) decide(ctx context.Context, runID, stepID string, actor Actor, 
 	}
 	a.signal()
 	return nil
+}
+
+// approversFor returns who may decide approval step stepID, and whether it
+// waits for a decision: it is waiting at its gate, or it is journaled as
+// running (a resumed run that has not reached the gate again yet).
+func (e *Engine) approversFor(a *activeRun, stepID string) ([]string, bool) {
+	a.mu.Lock()
+	approvers, waiting := a.waitingA[stepID]
+	st := a.steps[stepKey{stepID, state.PhaseMain}]
+	a.mu.Unlock()
+	if waiting {
+		return approvers, true
+	}
+	s := a.rb.Step(stepID)
+	if s == nil || s.Uses != "approval" || st == nil || st.State != state.StepRunning {
+		return nil, false
+	}
+	approvers = []string{"role:operator"}
+	if v := s.With["approvers"]; v != nil {
+		r, err := v.Eval(e.env(a))
+		list, ok := r.([]any)
+		if err != nil || !ok {
+			return nil, false
+		}
+		approvers = approvers[:0]
+		for _, x := range list {
+			approvers = append(approvers, fmt.Sprint(x))
+		}
+	}
+	return approvers, true
 }
 
 // mayApprove checks actor against approvers (role:operator, role:admin,

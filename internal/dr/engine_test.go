@@ -1,9 +1,11 @@
 package dr_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -73,6 +75,8 @@ type harness struct {
 	books   map[string]*runbook.Runbook
 	sealer  dr.Sealer
 	metrics *dr.Metrics
+	logs    *syncBuffer
+	logger  *slog.Logger
 	e       *dr.Engine
 	stop    context.CancelFunc
 	done    chan error
@@ -85,9 +89,12 @@ func newHarness(t testing.TB, store state.Runs) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := dr.NewRegistry()
-	dr.RegisterBuiltins(reg, dr.Builtins{ExecDir: t.TempDir()})
-	h := &harness{t: t, store: store, reg: reg, books: map[string]*runbook.Runbook{}, sealer: sealer}
+	dr.RegisterBuiltins(reg, dr.Builtins{ExecDir: t.TempDir(), Logger: logger})
+	h := &harness{t: t, store: store, reg: reg, books: map[string]*runbook.Runbook{}, sealer: sealer,
+		logs: logs, logger: logger}
 	return h
 }
 
@@ -96,7 +103,7 @@ func (h *harness) start(rbs ...*runbook.Runbook) *dr.Engine {
 	for _, rb := range rbs {
 		h.books[rb.Name] = rb
 	}
-	e, err := dr.New(dr.Config{Store: h.store, Actions: h.reg, Sealer: h.sealer, Metrics: h.metrics,
+	e, err := dr.New(dr.Config{Store: h.store, Actions: h.reg, Sealer: h.sealer, Metrics: h.metrics, Logger: h.logger,
 		Lookup: func(name string) (*runbook.Runbook, bool) { rb, ok := h.books[name]; return rb, ok }})
 	if err != nil {
 		h.t.Fatal(err)
@@ -156,6 +163,24 @@ func (h *harness) waitState(id, want string) *dr.RunView {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent log writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func stepStates(v *dr.RunView) map[string]string {

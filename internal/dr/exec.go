@@ -113,10 +113,26 @@ func (a *execAction) Run(ctx context.Context, sc *StepContext) (map[string]any, 
 	copies.Wait()
 	code := cmd.ProcessState.ExitCode()
 	out := execOutputs(code, &stdout, &stderr)
+	logOutput(ctx, sc, "stdout", stdout.String())
+	logOutput(ctx, sc, "stderr", stderr.String())
 	if err != nil {
 		return out, fmt.Errorf("exec %s: %w (exit status %d): %s", argv[0], ErrExitStatus, code, lastLine(stderr.String()))
 	}
 	return out, nil
+}
+
+// maxLogLines bounds the output lines an exec step journals as log events.
+const maxLogLines = 50
+
+func logOutput(ctx context.Context, sc *StepContext, stream, s string) {
+	if sc.Log == nil || s == "" {
+		return
+	}
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > maxLogLines {
+		lines = append(lines[:maxLogLines], fmt.Sprintf("(%d more lines in the step's %s output)", len(lines)-maxLogLines, stream))
+	}
+	sc.Log(ctx, stream+": "+strings.Join(lines, "\n"+stream+": "))
 }
 
 func execOutputs(code int, stdout, stderr *cappedBuffer) map[string]any {

@@ -203,7 +203,10 @@ func (e *Engine) runStep(ctx context.Context, a *activeRun, s *runbook.Step, pha
 		if err != nil {
 			return false, err
 		}
-		if decision == "skip" {
+		switch {
+		case decision == "skip" && ctx.Err() != nil:
+			return false, e.endStep(phaseCtx(ctx), a, s, &st, att, state.StepSkipped, nil, "not retried: the run was cancelled")
+		case decision == "skip":
 			return false, e.endStep(ctx, a, s, &st, att, state.StepSkipped, nil, "skipped by an operator after a restart")
 		}
 	}
@@ -269,7 +272,8 @@ func (e *Engine) runStep(ctx context.Context, a *activeRun, s *runbook.Step, pha
 			sc := &StepContext{RunID: a.id, Runbook: a.rb.Name, StepID: s.ID, Phase: phase, Mode: a.mode,
 				Attempt: st.Attempts, StartedAt: st.StartedAt, With: with, ExecEnv: a.rb.ExecEnv(a.params),
 				Actor: a.data.StartedBy, Logger: e.logger.With("run", a.id, "step", s.ID), Now: e.clock.Now,
-				After: e.clock.After, gate: &gate{e: e, a: a}}
+				After: e.clock.After, Redact: a.red.String, gate: &gate{e: e, a: a},
+				Log: func(lctx context.Context, line string) { e.logLine(phaseCtx(lctx), a, s.ID, line) }}
 			actx, cancel := ctx, context.CancelFunc(func() {})
 			if action.Timeout > 0 {
 				actx, cancel = context.WithTimeoutCause(ctx, action.Timeout,
@@ -544,4 +548,19 @@ func (e *Engine) finish(ctx context.Context, a *activeRun) error {
 	e.logger.InfoContext(ctx, "run ended", "run", a.id, "runbook", a.rb.Name, "state", final)
 	e.closeSubs(a.id)
 	return nil
+}
+
+// logLine journals a step's log line as an event. Log lines are best effort:
+// a failed write is logged, not fatal to the step.
+func (e *Engine) logLine(ctx context.Context, a *activeRun, stepID, line string) {
+	ev := state.RunEvent{Time: state.Timestamp(e.clock.Now()), Type: "log", StepID: stepID, Message: a.red.String(line)}
+	a.jmu.Lock()
+	defer a.jmu.Unlock()
+	seq, err := e.cfg.Store.AppendRunEvents(ctx, a.id, ev)
+	if err != nil {
+		e.logger.WarnContext(ctx, "journal log line", "run", a.id, "step", stepID, "err", a.red.Error(err))
+		return
+	}
+	ev.Seq = seq
+	e.publish(a.id, []state.RunEvent{ev})
 }

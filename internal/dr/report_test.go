@@ -112,6 +112,19 @@ func TestDrillReportSecretsAndMetrics(t *testing.T) {
 			for _, e := range append(evs, live...) {
 				journal = append(journal, e.Message, e.Data)
 			}
+			journal = append(journal, h.logs.String())
+			if !strings.Contains(h.logs.String(), "runbook notification") {
+				t.Errorf("the notify step was not logged:\n%s", h.logs.String())
+			}
+			var logEvents int
+			for _, e := range evs {
+				if e.Type == "log" && strings.Contains(e.Message, "dsn=***") {
+					logEvents++
+				}
+			}
+			if logEvents != 1 {
+				t.Errorf("%d log events with the exec output, want 1", logEvents)
+			}
 			for i, s := range journal {
 				if strings.Contains(s, secret) {
 					t.Errorf("journal item %d holds the secret: %s", i, s)
