@@ -117,6 +117,11 @@ type Store interface {
 	// returns an error wrapping ErrNotFound when there is none.
 	LatestBackup(ctx context.Context, source string, states ...string) (Backup, error)
 
+	// DeleteBackup removes a backup from the catalog with its copies and
+	// verifications (after prune deleted its objects). It returns an error
+	// wrapping ErrNotFound when there is no such backup.
+	DeleteBackup(ctx context.Context, id string) error
+
 	// AddVerification records a verification of a copy and returns its
 	// id. It returns an error wrapping ErrNotFound when the backup does not
 	// exist and ErrInvalid when v fails CheckVerification.

@@ -245,3 +245,22 @@ func nullBytes(b []byte) any {
 	}
 	return b
 }
+
+// DeleteBackup removes backup id with its copies and verifications.
+func (s *Store) DeleteBackup(ctx context.Context, id string) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := state.CheckBackupID(id); err != nil {
+		return fmt.Errorf("delete backup %q: %w", id, err)
+	}
+	// Copies and verifications go with it (ON DELETE CASCADE).
+	tag, err := s.pool.Exec(ctx, `DELETE FROM opsd_backups WHERE id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("delete backup %q: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("delete backup %q: %w", id, state.ErrNotFound)
+	}
+	return nil
+}

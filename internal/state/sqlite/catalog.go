@@ -281,3 +281,36 @@ func nullBytes(b []byte) any {
 	}
 	return b
 }
+
+// DeleteBackup removes backup id with its copies and verifications.
+func (s *Store) DeleteBackup(ctx context.Context, id string) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := state.CheckBackupID(id); err != nil {
+		return fmt.Errorf("delete backup %q: %w", id, err)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("delete backup %q: %w", id, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	for _, q := range []string{`DELETE FROM opsd_verifications WHERE backup_id = ?`, `DELETE FROM opsd_backup_copies WHERE backup_id = ?`} {
+		if _, err := tx.ExecContext(ctx, q, id); err != nil {
+			return fmt.Errorf("delete backup %q: %w", id, err)
+		}
+	}
+	res, err := tx.ExecContext(ctx, `DELETE FROM opsd_backups WHERE id = ?`, id)
+	if err != nil {
+		return fmt.Errorf("delete backup %q: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("delete backup %q: %w", id, err)
+	} else if n == 0 {
+		return fmt.Errorf("delete backup %q: %w", id, state.ErrNotFound)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("delete backup %q: %w", id, err)
+	}
+	return nil
+}

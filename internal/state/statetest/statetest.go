@@ -47,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T) state.Store) {
 		{"LatestBackup", testLatestBackup},
 		{"BackupInvalidInput", testBackupInvalidInput},
 		{"Verifications", testVerifications},
+		{"DeleteBackup", testDeleteBackup},
 		{"Closed", testClosed},
 	}
 	for _, tt := range tests {

@@ -77,3 +77,36 @@ func testVerifications(t *testing.T, s state.Store) {
 		}
 	}
 }
+
+func testDeleteBackup(t *testing.T, s state.Store) {
+	ctx := ctxT(t)
+	b1, b2 := newBackup(1, "orders"), newBackup(2, "orders")
+	mustCreate(t, s, b1, b2)
+	at := catalogBase.Add(time.Hour)
+	if err := s.PutCopy(ctx, state.Copy{BackupID: b1.ID, Target: "local", State: state.CopyComplete, Key: "k", StartedAt: at, FinishedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddVerification(ctx, state.Verification{BackupID: b1.ID, Target: "local", Level: state.LevelChecksum, OK: true,
+		StartedAt: at, FinishedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteBackup(ctx, b1.ID); err != nil {
+		t.Fatalf("DeleteBackup: %v", err)
+	}
+	if _, _, err := s.GetBackup(ctx, b1.ID); !errors.Is(err, state.ErrNotFound) {
+		t.Errorf("GetBackup after delete = %v, want ErrNotFound", err)
+	}
+	if vs, err := s.ListVerifications(ctx, b1.ID); err != nil || len(vs) != 0 {
+		t.Errorf("verifications after delete = %v, %v; want none", vs, err)
+	}
+	if _, _, err := s.GetBackup(ctx, b2.ID); err != nil {
+		t.Errorf("the other backup: %v", err)
+	}
+	if err := s.DeleteBackup(ctx, b1.ID); !errors.Is(err, state.ErrNotFound) {
+		t.Errorf("second DeleteBackup = %v, want ErrNotFound", err)
+	}
+	// A copy recorded again for the deleted id must not resurrect it.
+	if err := s.PutCopy(ctx, state.Copy{BackupID: b1.ID, Target: "local", State: state.CopyComplete, Key: "k"}); !errors.Is(err, state.ErrNotFound) {
+		t.Errorf("PutCopy of a deleted backup = %v, want ErrNotFound", err)
+	}
+}
