@@ -3,6 +3,7 @@ package dr_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -42,67 +43,73 @@ func TestResume(t *testing.T) {
 		{"not idempotent skipped", false, "skip", "skipped", 0},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			store := openSQLite(t)
-			rb := parse(t, strings.Replace(crashBook, "IDEMPOTENT", strconv.FormatBool(tt.idempotent), 1))
-
-			h1 := newHarness(t, store)
-			rec1, blk1 := &recorder{}, newBlocker()
-			h1.reg.Register("plugin:rec", rec1)
-			h1.reg.Register("plugin:block", blk1)
-			h1.start(rb)
-			id, err := h1.e.Start(context.Background(), rb, nil, "", false, operator)
-			if err != nil {
-				t.Fatal(err)
-			}
-			<-blk1.started
-			h1.shutdown() // the "kill"
-			v, _ := h1.e.Get(context.Background(), id)
-			if v.State != state.RunRunning || stepStates(v)["hang"] != state.StepRunning {
-				t.Fatalf("after the kill: run %s, steps %v; want running with hang running", v.State, stepStates(v))
-			}
-
-			h2 := newHarness(t, store)
-			rec2, blk2 := &recorder{}, newBlocker()
-			close(blk2.release)
-			h2.reg.Register("plugin:rec", rec2)
-			h2.reg.Register("plugin:block", blk2)
-			h2.start(rb)
-			if tt.decide != "" {
-				w := h2.waitState(id, state.RunWaitingOperator)
-				if w.Waiting == nil || w.Waiting.StepID != "hang" {
-					t.Fatalf("waiting = %+v, want hang", w.Waiting)
-				}
-				if err := h2.e.RetryStep(context.Background(), id, "before", operator, ""); !errors.Is(err, dr.ErrNotWaiting) {
-					t.Errorf("RetryStep(other step) = %v, want ErrNotWaiting", err)
-				}
-				if err := h2.e.SkipStep(context.Background(), id, "hang", viewer, ""); !errors.Is(err, dr.ErrForbidden) {
-					t.Errorf("SkipStep(viewer) = %v, want ErrForbidden", err)
-				}
-				decide := h2.e.RetryStep
-				if tt.decide == "skip" {
-					decide = h2.e.SkipStep
-				}
-				if err := decide(context.Background(), id, "hang", operator, "checked by hand"); err != nil {
-					t.Fatalf("%s = %v", tt.decide, err)
-				}
-			}
-			v = h2.wait(id)
-			if v.State != state.RunSucceeded || stepStates(v)["hang"] != tt.wantHang {
-				t.Errorf("after resume: run %s (%s), steps %v; want succeeded, hang %s", v.State, v.Error, stepStates(v), tt.wantHang)
-			}
-			if got := blk2.calls.Load(); got != tt.wantCalls {
-				t.Errorf("blocking action ran %d times after the restart, want %d", got, tt.wantCalls)
-			}
-			// Completed steps never run again.
-			if got := strings.Join(rec2.calls, " "); got != "after/main/after" {
-				t.Errorf("calls after restart = %q, want only after", got)
-			}
-			if tt.decide != "" && (v.Steps[1].Operator == nil || v.Steps[1].Operator.Action != tt.decide) {
-				t.Errorf("operator decision = %+v, want %s", v.Steps[1].Operator, tt.decide)
-			}
-		})
+		for _, backend := range stores {
+			t.Run(tt.name+"/"+backend.name, func(t *testing.T) {
+				testResume(t, backend.open(t), tt.idempotent, tt.decide, tt.wantHang, tt.wantCalls)
+			})
+		}
 	}
+}
+
+func testResume(t *testing.T, store state.Runs, idempotent bool, decideWith, wantHang string, wantCalls int32) {
+	rb := parse(t, strings.Replace(crashBook, "IDEMPOTENT", strconv.FormatBool(idempotent), 1))
+
+	h1 := newHarness(t, store)
+	rec1, blk1 := &recorder{}, newBlocker()
+	h1.reg.Register("plugin:rec", rec1)
+	h1.reg.Register("plugin:block", blk1)
+	h1.start(rb)
+	id, err := h1.e.Start(context.Background(), rb, nil, "", false, operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-blk1.started
+	h1.shutdown() // the "kill"
+	v, _ := h1.e.Get(context.Background(), id)
+	if v.State != state.RunRunning || stepStates(v)["hang"] != state.StepRunning {
+		t.Fatalf("after the kill: run %s, steps %v; want running with hang running", v.State, stepStates(v))
+	}
+
+	h2 := newHarness(t, store)
+	rec2, blk2 := &recorder{}, newBlocker()
+	close(blk2.release)
+	h2.reg.Register("plugin:rec", rec2)
+	h2.reg.Register("plugin:block", blk2)
+	h2.start(rb)
+	if decideWith != "" {
+		w := h2.waitState(id, state.RunWaitingOperator)
+		if w.Waiting == nil || w.Waiting.StepID != "hang" {
+			t.Fatalf("waiting = %+v, want hang", w.Waiting)
+		}
+		if err := h2.e.RetryStep(context.Background(), id, "before", operator, ""); !errors.Is(err, dr.ErrNotWaiting) {
+			t.Errorf("RetryStep(other step) = %v, want ErrNotWaiting", err)
+		}
+		if err := h2.e.SkipStep(context.Background(), id, "hang", viewer, ""); !errors.Is(err, dr.ErrForbidden) {
+			t.Errorf("SkipStep(viewer) = %v, want ErrForbidden", err)
+		}
+		decide := h2.e.RetryStep
+		if decideWith == "skip" {
+			decide = h2.e.SkipStep
+		}
+		if err := decide(context.Background(), id, "hang", operator, "checked by hand"); err != nil {
+			t.Fatalf("%s = %v", decideWith, err)
+		}
+	}
+	v = h2.wait(id)
+	if v.State != state.RunSucceeded || stepStates(v)["hang"] != wantHang {
+		t.Errorf("after resume: run %s (%s), steps %v; want succeeded, hang %s", v.State, v.Error, stepStates(v), wantHang)
+	}
+	if got := blk2.calls.Load(); got != wantCalls {
+		t.Errorf("blocking action ran %d times after the restart, want %d", got, wantCalls)
+	}
+	// Completed steps never run again.
+	if got := strings.Join(rec2.calls, " "); got != "after/main/after" {
+		t.Errorf("calls after restart = %q, want only after", got)
+	}
+	if decideWith != "" && (v.Steps[1].Operator == nil || v.Steps[1].Operator.Action != decideWith) {
+		t.Errorf("operator decision = %+v, want %s", v.Steps[1].Operator, decideWith)
+	}
+
 }
 
 func TestResumeApprovalAndSecrets(t *testing.T) {
@@ -305,5 +312,56 @@ func TestExecOutputCapped(t *testing.T) {
 	}
 	if got := len(out["stdout"].(string)); got != dr.MaxExecOutput {
 		t.Errorf("stdout kept %d bytes, want %d", got, dr.MaxExecOutput)
+	}
+}
+
+func TestResumeDuringCompensation(t *testing.T) {
+	store := openSQLite(t)
+	rb := parse(t, `name: crash-compensate
+steps:
+  - id: a
+    uses: plugin:rec
+    with: {what: do-a}
+    compensate: {uses: plugin:rec, with: {what: undo-a}}
+  - id: b
+    uses: plugin:rec
+    with: {what: do-b}
+    compensate: {uses: plugin:block, idempotent: true}
+  - id: c
+    uses: plugin:rec
+    with: {what: do-c, fail: "yes"}
+  - id: f
+    uses: plugin:rec
+    finally: true
+    with: {what: fin}
+`)
+	h1 := newHarness(t, store)
+	rec1, blk1 := &recorder{}, newBlocker()
+	h1.reg.Register("plugin:rec", rec1)
+	h1.reg.Register("plugin:block", blk1)
+	h1.start(rb)
+	id, err := h1.e.Start(context.Background(), rb, nil, "", false, operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := <-blk1.started; got != "b" {
+		t.Fatalf("blocked in %s, want b's compensation", got)
+	}
+	h1.shutdown()
+
+	h2 := newHarness(t, store)
+	rec2, blk2 := &recorder{}, newBlocker()
+	close(blk2.release)
+	h2.reg.Register("plugin:rec", rec2)
+	h2.reg.Register("plugin:block", blk2)
+	h2.start(rb)
+	v := h2.wait(id)
+	want := map[string]string{"a": "compensated", "a/compensate": "succeeded", "b": "compensated",
+		"b/compensate": "succeeded", "c": "failed", "f": "succeeded"}
+	if got := stepStates(v); v.State != state.RunFailed || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("run %s, steps %v; want failed, %v", v.State, got, want)
+	}
+	if got := strings.Join(rec2.calls, " "); got != "a/compensate/undo-a f/main/fin" || blk2.calls.Load() != 1 {
+		t.Errorf("after restart: calls %q, b's compensation ran %d times; want undo-a then fin, and 1", got, blk2.calls.Load())
 	}
 }
