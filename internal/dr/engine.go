@@ -811,18 +811,24 @@ func (e *Engine) updateRun(ctx context.Context, a *activeRun, fn func(r *state.R
 	a.jmu.Lock()
 	defer a.jmu.Unlock()
 	var newData runData
-	r, seq, err := e.cfg.Store.UpdateRun(ctx, a.id, func(r *state.Run) error {
-		var data runData
-		if err := json.Unmarshal([]byte(r.Data), &data); err != nil {
-			return fmt.Errorf("run %s: journal data: %w", r.ID, err)
-		}
-		if err := fn(r, &data); err != nil {
-			return err
-		}
-		r.Data = mustJSON(data)
-		newData = data
-		return nil
-	}, events...)
+	var r state.Run
+	var seq int64
+	err := e.retryJournal(ctx, a, func() error {
+		var err error
+		r, seq, err = e.cfg.Store.UpdateRun(ctx, a.id, func(r *state.Run) error {
+			var data runData
+			if err := json.Unmarshal([]byte(r.Data), &data); err != nil {
+				return permanent{fmt.Errorf("run %s: journal data: %w", r.ID, err)}
+			}
+			if err := fn(r, &data); err != nil {
+				return permanent{err}
+			}
+			r.Data = mustJSON(data)
+			newData = data
+			return nil
+		}, events...)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -845,7 +851,12 @@ func numbered(events []state.RunEvent, last int64) []state.RunEvent {
 func (e *Engine) putStep(ctx context.Context, a *activeRun, st state.StepState, events ...state.RunEvent) error {
 	a.jmu.Lock()
 	defer a.jmu.Unlock()
-	seq, err := e.cfg.Store.PutStepState(ctx, st, events...)
+	var seq int64
+	err := e.retryJournal(ctx, a, func() error {
+		var err error
+		seq, err = e.cfg.Store.PutStepState(ctx, st, events...)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -855,4 +866,44 @@ func (e *Engine) putStep(ctx context.Context, a *activeRun, st state.StepState, 
 	a.mu.Unlock()
 	e.publish(a.id, numbered(events, seq))
 	return nil
+}
+
+// permanent marks an error that retrying the journal write cannot fix (a
+// refused decision, a bad record).
+type permanent struct{ err error }
+
+func (p permanent) Error() string { return p.err.Error() }
+func (p permanent) Unwrap() error { return p.err }
+
+// Journal retry delays: a state store that is briefly unreachable (PostgreSQL
+// restarting) delays a run rather than stopping it, since no transition may
+// take effect before it is journaled.
+const (
+	journalRetryInitial = 100 * time.Millisecond
+	journalRetryMax     = 5 * time.Second
+)
+
+// retryJournal calls write until it succeeds, fails permanently or ctx ends.
+func (e *Engine) retryJournal(ctx context.Context, a *activeRun, write func() error) error {
+	delay := journalRetryInitial
+	for {
+		err := write()
+		var p permanent
+		switch {
+		case err == nil:
+			return nil
+		case errors.As(err, &p):
+			return p.err
+		case ctx.Err() != nil, errors.Is(err, state.ErrInvalid), errors.Is(err, state.ErrNotFound),
+			errors.Is(err, state.ErrClosed), errors.Is(err, state.ErrSchemaTooNew):
+			return err
+		}
+		e.logger.WarnContext(ctx, "journal write failed; retrying", "run", a.id, "err", a.red.Error(err), "in", delay)
+		select {
+		case <-e.clock.After(delay):
+		case <-ctx.Done():
+			return err
+		}
+		delay = min(2*delay, journalRetryMax)
+	}
 }

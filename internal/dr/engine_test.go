@@ -571,3 +571,31 @@ steps:
 		t.Errorf("failed exec: outputs %v, error %q", f.Outputs, f.Error)
 	}
 }
+
+// flakyStore fails the next n step writes as an unreachable database would.
+type flakyStore struct {
+	state.Runs
+	fail atomic.Int32
+}
+
+func (f *flakyStore) PutStepState(ctx context.Context, s state.StepState, events ...state.RunEvent) (int64, error) {
+	if f.fail.Add(-1) >= 0 {
+		return 0, errors.New("connection refused")
+	}
+	return f.Runs.PutStepState(ctx, s, events...)
+}
+
+func TestJournalRetry(t *testing.T) {
+	store := &flakyStore{Runs: openSQLite(t)}
+	h := newHarness(t, store)
+	rb := parse(t, noopRunbook("flaky-journal", 3, 1))
+	h.start(rb)
+	store.fail.Store(3)
+	v := h.run(rb, nil, "", operator)
+	if v.State != state.RunSucceeded || store.fail.Load() >= 0 {
+		t.Errorf("run = %s (%s) with %d failures left, want succeeded after retrying the journal", v.State, v.Error, store.fail.Load())
+	}
+	if !strings.Contains(h.logs.String(), "journal write failed; retrying") {
+		t.Errorf("retries were not logged")
+	}
+}

@@ -92,7 +92,12 @@ func (e *Engine) executePhases(ctx context.Context, a *activeRun) error {
 		}
 		phase = next
 	}
-	pctx := phaseCtx(ctx)
+	// Compensations and finally steps run even when the run is (or gets)
+	// cancelled; only the engine stopping interrupts them.
+	pctx := ctx
+	if p, ok := ctx.Value(engineCtxKey{}).(context.Context); ok {
+		pctx = p
+	}
 	if phase == "compensate" {
 		for _, s := range e.compensationOrder(a) {
 			if _, err := e.runStep(pctx, a, s, state.PhaseCompensate); err != nil {
@@ -230,10 +235,10 @@ func (e *Engine) runStep(ctx context.Context, a *activeRun, s *runbook.Step, pha
 	if !ok {
 		return true, e.endStep(ctx, a, s, &st, att, state.StepFailed, nil, "no action "+action.Uses+" is registered")
 	}
-	maxAttempts := max(action.Retry.MaxAttempts, 1, st.Attempts+1)
-	if st.State == state.StepRunning {
-		// A resumed in-flight attempt gets one more try whatever its count.
-		maxAttempts = max(action.Retry.MaxAttempts, st.Attempts+1)
+	// A resumed in-flight step gets one more attempt whatever its count.
+	maxAttempts := max(action.Retry.MaxAttempts, st.Attempts+1)
+	if st.State == state.StepRunning && len(att) > 0 && att[len(att)-1].FinishedAt.IsZero() {
+		att[len(att)-1].Error = "interrupted: opsd stopped during this attempt"
 	}
 	for {
 		if ctx.Err() != nil {
