@@ -65,6 +65,7 @@ func commands() []command {
 		{"backup list", "list backups through the daemon; with --target read the target's signed manifests, offline", runBackupList},
 		{"backup show", "a backup's state, copies and manifest", runBackupShow},
 		{"backup verify", "verify a backup's copies: checksum (read back, SHA-256) or restore (into scratch, run the checks)", runBackupVerify},
+		{"backup prune", "apply retention (admin): each backup with the rule that keeps it; --dry-run deletes nothing", runBackupPrune},
 		{"backup restore", "restore a backup from the first good copy, offline (SHA-256 checked)", runBackupRestore},
 		{"runbook check", "check runbook files offline: schema, steps, references, expressions; every problem as file:line:col", runRunbookCheck},
 		{"alerts test-rules", "run promtool-format rule unit tests: exit 0 pass, 1 failures, 2 bad input", runAlertsTestRules},

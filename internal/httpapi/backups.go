@@ -29,6 +29,15 @@ type Backups interface {
 	EnqueueVerify(ctx context.Context, id, level, target string) (request string, err error)
 	// Verifications lists backup id's verifications, oldest first.
 	Verifications(ctx context.Context, id string) ([]state.Verification, error)
+	// PruneDocument applies retention to source ("" = every source with a
+	// policy), deleting unless dryRun, and returns the decisions document.
+	PruneDocument(ctx context.Context, source string, dryRun bool) (any, error)
+}
+
+// PruneRequest is the body of POST /api/v1/prune.
+type PruneRequest struct {
+	Source string `json:"source,omitempty"`
+	DryRun bool   `json:"dry_run"`
 }
 
 // VerificationResource is one verification of one copy.
@@ -243,6 +252,23 @@ func (s *Server) handleVerifyBackup(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/api/v1/backups/"+id)
 	writeJSON(w, http.StatusAccepted, VerifyQueued{BackupID: id, Level: body.Level, Target: body.Target, State: "queued", Request: req})
+}
+
+func (s *Server) handlePrune(w http.ResponseWriter, r *http.Request) {
+	var body PruneRequest
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	if s.deps.Backups == nil {
+		writeProblem(w, r, probUnavailable.with("backups not available"))
+		return
+	}
+	doc, err := s.deps.Backups.PruneDocument(r.Context(), body.Source, body.DryRun)
+	if err != nil {
+		s.backupError(w, r, "prune", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, doc)
 }
 
 // backupError maps the service's errors to problems.

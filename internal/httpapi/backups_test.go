@@ -50,6 +50,14 @@ func (fakeBackups) EnqueueVerify(_ context.Context, id, level, target string) (s
 	return "20261125T070000Z-0a0b0c0d", nil
 }
 
+func (fakeBackups) PruneDocument(_ context.Context, source string, dryRun bool) (any, error) {
+	if source != "" && source != "demo" {
+		return nil, fmt.Errorf("source %q: %w", source, state.ErrNotFound)
+	}
+	return map[string]any{"dry_run": dryRun, "freed_bytes": 5, "items": []map[string]any{{"source": "demo", "backup_id": "20261125T060000Z-abcd",
+		"time": "2026-11-25T06:00:00Z", "keep": false, "reasons": []string{}, "stored_bytes": 5, "deleted": !dryRun}}}, nil
+}
+
 func (fakeBackups) Verifications(_ context.Context, id string) ([]state.Verification, error) {
 	if id != "20261125T060000Z-abcd" {
 		return nil, nil
@@ -101,6 +109,8 @@ func TestBackupRoutes(t *testing.T) {
 		{"get unknown", "GET", "/api/v1/backups/20261125T060000Z-ffff", "viewer", 404},
 		{"verify as operator", "POST", "/api/v1/backups/20261125T060000Z-abcd/verify", "operator", 202},
 		{"verify as viewer", "POST", "/api/v1/backups/20261125T060000Z-abcd/verify", "viewer", 403},
+		{"prune as operator", "POST", "/api/v1/prune", "operator", 403},
+		{"prune as admin", "POST", "/api/v1/prune", "root", 200},
 		{"verify unknown backup", "POST", "/api/v1/backups/20261125T060000Z-ffff/verify", "operator", 404},
 	}
 	for _, tt := range tests {

@@ -43,6 +43,7 @@ func (s *Server) routes() {
 		{method: "GET", path: "/api/v1/backups", role: RoleViewer, handler: http.HandlerFunc(s.handleListBackups)},
 		{method: "GET", path: "/api/v1/backups/{id}", role: RoleViewer, handler: http.HandlerFunc(s.handleGetBackup)},
 		{method: "POST", path: "/api/v1/backups/{id}/verify", role: RoleOperator, action: "backup.verify", object: pathObject("backup", "id"), handler: http.HandlerFunc(s.handleVerifyBackup)},
+		{method: "POST", path: "/api/v1/prune", role: RoleAdmin, action: "backup.prune", handler: http.HandlerFunc(s.handlePrune)},
 		{method: "POST", path: "/api/v1/backups/{id}/restore", role: RoleOperator, handler: notYet("restores")},
 
 		// Runbooks and drills.

@@ -60,7 +60,7 @@ func ExampleApply() {
 	// b19 delete early
 	// b18 delete early
 	// b17 delete early
-	// b16 keep         newest proven restorable
+	// b16 keep         newest verified
 	// b15 keep         weekly 2026-W46
 	// b14 keep         object lock until 2026-12-30T00:00:00Z
 	// b13 delete

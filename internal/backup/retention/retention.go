@@ -23,8 +23,9 @@ var ErrInvalidPolicy = errors.New("invalid retention policy")
 type Backup struct {
 	ID   string
 	Time time.Time
-	// ProvenGood reports that a restore of this backup succeeded and its
-	// checks passed. The newest such backup is never deleted.
+	// ProvenGood reports that a verification of this backup passed (a copy
+	// read back and matched, or a restore whose checks passed). The newest
+	// such backup is never deleted.
 	ProvenGood bool
 	// RetainUntil is the latest object lock retain-until date over all
 	// copies of the backup; zero means no lock. Nothing is deleted before it.
@@ -43,7 +44,7 @@ type Decision struct {
 	// Reasons says why a kept backup stays, one entry per rule that keeps it,
 	// in the order: keep_within, keep_last, hourly, daily, weekly, monthly,
 	// yearly, then the overrides. For example "within 36h", "last 1/3",
-	// "daily 2026-11-24", "weekly 2026-W48", "newest proven restorable",
+	// "daily 2026-11-24", "weekly 2026-W48", "newest verified",
 	// "object lock until 2026-12-30T00:00:00Z". Empty for a deleted backup.
 	Reasons []string
 	// DeletableAt is when the object lock on the backup ends, if that is
@@ -191,7 +192,7 @@ func applyOverrides(ds []Decision, now time.Time) {
 	for i := range ds {
 		if ds[i].ProvenGood {
 			ds[i].Keep = true
-			ds[i].Reasons = append(ds[i].Reasons, "newest proven restorable")
+			ds[i].Reasons = append(ds[i].Reasons, "newest verified")
 			break
 		}
 	}

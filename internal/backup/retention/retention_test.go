@@ -85,7 +85,7 @@ func TestApplyOverrides(t *testing.T) {
 			}),
 			want: map[string]summary{
 				"b24": {ID: "b24", Keep: true, Reasons: []string{"last 1/1"}},
-				"b18": {ID: "b18", Keep: true, Reasons: []string{"newest proven restorable"}},
+				"b18": {ID: "b18", Keep: true, Reasons: []string{"newest verified"}},
 				"b15": {ID: "b15"},
 			},
 		},
@@ -96,7 +96,7 @@ func TestApplyOverrides(t *testing.T) {
 				b.ProvenGood = day >= 20
 			}),
 			want: map[string]summary{
-				"b24": {ID: "b24", Keep: true, Reasons: []string{"last 1/1", "newest proven restorable"}},
+				"b24": {ID: "b24", Keep: true, Reasons: []string{"last 1/1", "newest verified"}},
 				"b23": {ID: "b23"},
 			},
 		},

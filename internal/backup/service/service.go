@@ -31,7 +31,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -327,8 +326,10 @@ func (s *Service) work(ctx context.Context, jobID int64, created time.Time, args
 	}
 	s.observe(args.Source, b, finished.Sub(started))
 	if b.State == state.BackupSucceeded || b.State == state.BackupPartial {
-		// Every backup is read back once right away (SPEC §1.1).
+		// Every backup is read back once right away (SPEC §1.1), then the
+		// source's retention runs.
 		s.verifyAfterBackup(ctx, b)
+		s.pruneAfterBackup(ctx, args.Source)
 	}
 	log.Info("backup finished", "state", b.State, "raw_bytes", b.RawBytes, "stored_bytes", b.StoredBytes,
 		"duration", finished.Sub(started))
@@ -469,19 +470,8 @@ func (s *Service) removeObjects(ctx context.Context, sc *config.Source, prefix s
 		if err != nil {
 			continue
 		}
-		var keys []string
-		if err := t.List(ctx, prefix, func(oi storage.ObjectInfo) error { keys = append(keys, oi.Key); return nil }); err != nil {
-			log.Warn("list objects of interrupted backup", "target", name, "err", err)
-			continue
-		}
-		for _, first := range []bool{true, false} {
-			for _, k := range keys {
-				if strings.HasSuffix(k, manifest.SignatureName) == first {
-					if err := t.Remove(ctx, k); err != nil {
-						log.Warn("remove object of interrupted backup", "target", name, "key", k, "err", err)
-					}
-				}
-			}
+		if err := removePrefix(ctx, t, prefix); err != nil {
+			log.Warn("remove objects of interrupted backup", "target", name, "err", err)
 		}
 	}
 }

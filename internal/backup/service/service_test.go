@@ -434,3 +434,81 @@ func TestVerifyRestoreOfCommandSourceFails(t *testing.T) {
 		t.Errorf("restore verification of a command source = %+v, want a failure saying why", vs[0])
 	}
 }
+
+func TestPrune(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	var ids []string
+	for range 4 {
+		ids = append(ids, backupOnce(t, f).ID)
+		time.Sleep(1100 * time.Millisecond) // distinct times, as real schedules have
+	}
+	if _, err := f.svc.Prune(ctx, "demo", true); !errors.Is(err, ErrNoRetention) {
+		t.Fatalf("Prune without a policy = %v, want ErrNoRetention", err)
+	}
+	// The second backup is the newest one that passed a verification.
+	if vs, err := f.svc.Verify(ctx, VerifyArgs{BackupID: ids[1], Level: state.LevelChecksum}); err != nil || !vs[0].OK {
+		t.Fatalf("verify: %+v %v", vs, err)
+	}
+	f.svc.opts.Config().Sources["demo"].Retention = config.Keep{Last: 1}
+
+	dry, err := f.svc.Prune(ctx, "demo", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := map[string]string{}
+	for _, d := range dry {
+		if d.Deleted {
+			t.Errorf("dry run deleted %s", d.BackupID)
+		}
+		if d.Keep {
+			keep[d.BackupID] = strings.Join(d.Reasons, "; ")
+		}
+	}
+	want := map[string]string{ids[3]: "last 1/1", ids[1]: "newest verified"}
+	if len(keep) != 2 || !strings.Contains(keep[ids[3]], want[ids[3]]) || !strings.Contains(keep[ids[1]], want[ids[1]]) {
+		t.Fatalf("dry run keeps %v, want %v", keep, want)
+	}
+	if n := countObjects(t, f, "a"); n != 4*3 {
+		t.Fatalf("objects on a after the dry run = %d, want 12", n)
+	}
+
+	ds, err := f.svc.Prune(ctx, "demo", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		if d.Keep == d.Deleted || d.Error != "" {
+			t.Errorf("decision %+v: kept backups stay, the others are deleted without error", d)
+		}
+	}
+	for _, target := range []string{"a", "b"} {
+		if n := countObjects(t, f, target); n != 2*3 {
+			t.Errorf("objects on %s after prune = %d, want 6 (two backups)", target, n)
+		}
+	}
+	for i, id := range ids {
+		_, _, err := f.store.GetBackup(ctx, id)
+		if gone := errors.Is(err, state.ErrNotFound); gone != (i == 0 || i == 2) {
+			t.Errorf("backup %d in the catalog after prune: err %v", i, err)
+		}
+	}
+	deletes := 0
+	for _, r := range f.rec.recs {
+		if r.Action == "backup.delete" {
+			deletes++
+		}
+	}
+	if deletes != 2*2 {
+		t.Errorf("backup.delete audit records = %d, want 4 (accepted + outcome, twice)", deletes)
+	}
+}
+
+func countObjects(t *testing.T, f *fixture, target string) int {
+	t.Helper()
+	n := 0
+	if err := f.targets[target].List(context.Background(), "demo/", func(storage.ObjectInfo) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
