@@ -502,9 +502,20 @@ func (l *loader) validateSource(c *Config, p, name string, s *Source) {
 		{"keep_daily", s.Retention.Daily}, {"keep_weekly", s.Retention.Weekly},
 		{"keep_monthly", s.Retention.Monthly}, {"keep_yearly", s.Retention.Yearly},
 	} {
-		if k.v < 0 {
-			l.errPath(p+".retention."+k.key, "must not be negative")
+		if k.v < -1 {
+			l.errPath(p+".retention."+k.key, "must be a count, or -1 for unlimited")
 		}
+	}
+	explicit := false
+	for _, k := range []string{"keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within"} {
+		explicit = explicit || l.isSet(p+".retention."+k)
+		if l.bad[p+".retention."+k] {
+			explicit = false // already reported; a zero here is not the user's
+			break
+		}
+	}
+	if explicit && s.Retention == (Keep{}) {
+		l.errPath(p+".retention", "keeps nothing: every rule is zero, which opsd reads as keep everything; set a keep_ rule or remove retention")
 	}
 	l.cron(p+".verify.checksum", s.Verify.Checksum)
 	if r := s.Verify.Restore; r != nil {
