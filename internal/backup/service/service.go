@@ -247,6 +247,23 @@ func Periodic(cfg *config.Config) []jobs.Periodic {
 		out = append(out, jobs.Periodic{Name: "backup:" + src, Spec: string(sc.Schedule),
 			Construct: func() (river.JobArgs, *river.InsertOpts) { return Args{Source: src}, nil }})
 	}
+	// Verification schedules: the newest backup of the source, resolved
+	// when the job runs.
+	for name, sc := range cfg.Sources {
+		src := name
+		if sc.Verify.Checksum != "" {
+			out = append(out, jobs.Periodic{Name: "verify-checksum:" + src, Spec: string(sc.Verify.Checksum),
+				Construct: func() (river.JobArgs, *river.InsertOpts) {
+					return VerifyArgs{Source: src, Level: state.LevelChecksum}, nil
+				}})
+		}
+		if r := sc.Verify.Restore; r != nil && r.Schedule != "" {
+			out = append(out, jobs.Periodic{Name: "verify-restore:" + src, Spec: string(r.Schedule),
+				Construct: func() (river.JobArgs, *river.InsertOpts) {
+					return VerifyArgs{Source: src, Level: state.LevelRestore}, nil
+				}})
+		}
+	}
 	return out
 }
 

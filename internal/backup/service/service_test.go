@@ -512,3 +512,31 @@ func countObjects(t *testing.T, f *fixture, target string) int {
 	}
 	return n
 }
+
+func TestScheduledVerification(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	cfg := f.svc.opts.Config()
+	cfg.Sources["demo"].Verify = config.Verify{Checksum: "@daily", Restore: &config.VerifyRestore{Schedule: "0 4 * * 0"}}
+	byName := map[string]river.JobArgs{}
+	for _, p := range Periodic(cfg) {
+		args, _ := p.Construct()
+		byName[p.Name] = args
+	}
+	if len(byName) != 3 || byName["backup:demo"] == nil || byName["verify-checksum:demo"] == nil || byName["verify-restore:demo"] == nil {
+		t.Fatalf("periodic jobs = %v, want backup, checksum and restore verification of demo", byName)
+	}
+	if _, err := f.svc.Verify(ctx, byName["verify-checksum:demo"].(VerifyArgs)); !errors.Is(err, state.ErrNotFound) {
+		t.Errorf("scheduled verification with no backup yet = %v, want not found", err)
+	}
+	backupOnce(t, f)
+	newest := backupOnce(t, f)
+	vs, err := f.svc.Verify(ctx, byName["verify-checksum:demo"].(VerifyArgs))
+	if err != nil || len(vs) != 2 || vs[0].BackupID != newest.ID || !vs[0].OK {
+		t.Fatalf("scheduled checksum verification = %+v, %v; want both copies of %s ok", vs, err, newest.ID)
+	}
+	vs, err = f.svc.Verify(ctx, byName["verify-restore:demo"].(VerifyArgs))
+	if err != nil || len(vs) != 1 || vs[0].BackupID != newest.ID || !vs[0].OK {
+		t.Fatalf("scheduled restore verification = %+v, %v", vs, err)
+	}
+}

@@ -32,6 +32,9 @@ type VerifyArgs struct {
 	Level    string `json:"level"`             // state.LevelChecksum | state.LevelRestore
 	Target   string `json:"target,omitempty"`  // one copy; empty = every complete copy (checksum) or the first good one (restore)
 	Request  string `json:"request,omitempty"` // request id recorded with the results
+	// Source, with no BackupID, verifies the source's newest succeeded or
+	// partial backup (scheduled verification).
+	Source string `json:"source,omitempty"`
 }
 
 // Kind implements river.JobArgs.
@@ -114,6 +117,13 @@ func verifiableCopies(b state.Backup, copies []state.Copy, target string) ([]sta
 // Verify runs a verification now and records one result per copy
 // checked. It returns the results; an error means nothing was checked.
 func (s *Service) Verify(ctx context.Context, a VerifyArgs) ([]state.Verification, error) {
+	if a.BackupID == "" && a.Source != "" {
+		latest, err := s.opts.Store.LatestBackup(ctx, a.Source, state.BackupSucceeded, state.BackupPartial)
+		if err != nil {
+			return nil, fmt.Errorf("scheduled %s verification of %s: %w", a.Level, a.Source, err)
+		}
+		a.BackupID = latest.ID
+	}
 	b, copies, err := s.opts.Store.GetBackup(ctx, a.BackupID)
 	if err != nil {
 		return nil, err
