@@ -8,3 +8,6 @@ echo "== audit log (internal/audit) =="
 echo
 echo "== backup pipeline (internal/backup) =="
 ./bench/backup.sh
+echo
+echo "== DR engine (internal/dr) =="
+./bench/dr.sh

@@ -72,6 +72,7 @@ func commands() []command {
 		{"alerts silence add", "silence alerts matching MATCHER... (--duration/--end, --comment)", runSilenceAdd},
 		{"alerts silence list", "list silences (--state active|pending|expired)", runSilenceList},
 		{"alerts silence expire", "expire silences by ID", runSilenceExpire},
+		{"drill verify-report", "check a signed drill report offline (JSON or Markdown): exit 0 valid, 1 tampered or not signed by the key, 2 cannot verify", runDrillVerifyReport},
 		{"audit verify", "check the audit log offline: exit 0 intact, 1 tampered, 2 cannot verify", runAuditVerify},
 		{"audit tail", "print the newest audit entries (--follow for new ones)", runAuditTail},
 		{"audit prove", "prove an entry is in the signed tree", runAuditProve},

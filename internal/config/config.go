@@ -237,7 +237,17 @@ type Source struct {
 	Verify      Verify        `yaml:"verify"`
 	Objectives  Objectives    `yaml:"objectives"`
 	Timeout     time.Duration `yaml:"timeout"` // 0 = none
+	// Missed says what happens at start when a scheduled slot passed while
+	// opsd was down: MissedRun (default) runs one backup now, MissedSkip
+	// waits for the next slot.
+	Missed string `yaml:"missed"`
 }
+
+// Missed-run policies.
+const (
+	MissedRun  = "run"
+	MissedSkip = "skip"
+)
 
 // PluginName returns the plugin of a "plugin:<name>" source, or "".
 func (s *Source) PluginName() string {

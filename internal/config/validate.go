@@ -545,6 +545,9 @@ func (l *loader) validateSource(c *Config, p, name string, s *Source) {
 	l.positive(p+".objectives.rpo", float64(s.Objectives.RPO))
 	l.positive(p+".objectives.rto", float64(s.Objectives.RTO))
 	l.positive(p+".timeout", float64(s.Timeout))
+	if l.isSet(p + ".missed") {
+		l.oneOf(p+".missed", s.Missed, []string{MissedRun, MissedSkip})
+	}
 }
 
 // policyReachable reports a policy the source's targets can never meet,

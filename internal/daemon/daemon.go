@@ -207,6 +207,10 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 		}
 	}
 	d.backups.InitMetrics(ctx)
+	// Slots that passed while opsd was down run once now (sources.*.missed).
+	if _, err := d.backups.CatchUpMissed(ctx); err != nil {
+		d.log.Error("catch up missed backups", "err", err)
+	}
 	d.api = httpapi.NewServer(httpapi.Deps{
 		Logger:     d.log,
 		Dispatcher: d.dispatch,

@@ -540,3 +540,42 @@ func TestScheduledVerification(t *testing.T) {
 		t.Fatalf("scheduled restore verification = %+v, %v", vs, err)
 	}
 }
+
+func TestCatchUpMissed(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	now := time.Now()
+	f.svc.opts.Now = func() time.Time { return now }
+	sc := f.svc.opts.Config().Sources["demo"]
+	sc.Schedule = "0 * * * *" // hourly
+	if q, err := f.svc.CatchUpMissed(ctx); err != nil || len(q) != 0 {
+		t.Fatalf("no backup yet: queued %v, %v; want nothing (the schedule starts now)", q, err)
+	}
+	b := backupOnce(t, f)
+	if q, _ := f.svc.CatchUpMissed(ctx); len(q) != 0 {
+		t.Fatalf("right after a backup: queued %v, want nothing", q)
+	}
+	// Three hours later: slots passed while "down"; one backup, not three.
+	now = b.QueuedAt.Add(3 * time.Hour)
+	before := len(f.queue.args)
+	q, err := f.svc.CatchUpMissed(ctx)
+	if err != nil || len(q) != 1 || len(f.queue.args) != before+1 {
+		t.Fatalf("after missed slots: queued %v (%d jobs), %v; want one backup of demo", q, len(f.queue.args)-before, err)
+	}
+	got, _, _ := f.store.GetBackup(ctx, f.queue.args[len(f.queue.args)-1].BackupID)
+	if got.Actor != "scheduler:missed:backup:demo" {
+		t.Errorf("actor = %q, want scheduler:missed:backup:demo", got.Actor)
+	}
+	// The queued one is pending: a second start does not queue another.
+	if q, _ := f.svc.CatchUpMissed(ctx); len(q) != 0 {
+		t.Errorf("with a backup queued: queued %v again", q)
+	}
+	sc.Missed = config.MissedSkip
+	if err := f.store.UpdateBackup(ctx, func() state.Backup { got.State = state.BackupFailed; got.FinishedAt = now; return got }()); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(5 * time.Hour)
+	if q, _ := f.svc.CatchUpMissed(ctx); len(q) != 0 {
+		t.Errorf("missed: skip queued %v", q)
+	}
+}
