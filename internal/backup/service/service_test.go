@@ -530,6 +530,7 @@ func TestScheduledVerification(t *testing.T) {
 		t.Errorf("scheduled verification with no backup yet = %v, want not found", err)
 	}
 	backupOnce(t, f)
+	time.Sleep(1100 * time.Millisecond) // ids order by time to the second
 	newest := backupOnce(t, f)
 	vs, err := f.svc.Verify(ctx, byName["verify-checksum:demo"].(VerifyArgs))
 	if err != nil || len(vs) != 2 || vs[0].BackupID != newest.ID || !vs[0].OK {
