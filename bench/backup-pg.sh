@@ -33,11 +33,10 @@ BENCH_DSN=$(dsn_for opsd_bench)
 PIPE_DB=opsd_bench_restore_pipe
 OPSD_DB=opsd_bench_restore_opsd
 
-
-require_tools psql pg_dump pg_restore zstd age age-keygen go curl jq python3
-WORK=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+require_tools psql pg_dump pg_restore zstd age age-keygen go curl jq python3
+WORK=$(mktemp -d)
 cleanup() {
 	cleanup_stores
 	for db in "$PIPE_DB" "$OPSD_DB"; do

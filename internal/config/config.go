@@ -145,7 +145,7 @@ type Target struct {
 	// (default 2): memory per S3 copy is about PartSize*(UploadConcurrency+2).
 	PartSize          Size `yaml:"part_size"`
 	UploadConcurrency int  `yaml:"upload_concurrency"`
-	// ChunkSize of GCS resumable uploads (default 16MiB, a multiple of
+	// ChunkSize of GCS resumable uploads (default 8MiB, a multiple of
 	// 256KiB): memory per GCS copy is about this; each chunk is one request
 	// and is resent on a transient error. 0 uploads in one streaming
 	// request: no buffer, but an error fails the whole copy.

@@ -119,7 +119,7 @@ func Run(ctx context.Context, opts Options) error {
 // past it (it never fails an allocation).
 const (
 	DefaultGCPercent   = 50
-	DefaultMemoryLimit = 192 << 20
+	DefaultMemoryLimit = 160 << 20
 )
 
 func (d *Daemon) setMemoryLimit(getenv func(string) string) {

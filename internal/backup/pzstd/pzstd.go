@@ -5,10 +5,10 @@
 // This is what pzstd and `zstd -T` do; a streaming zstd encoder, which
 // carries one window across the whole stream, can use only one core.
 //
-// Memory is bounded: at most Workers+1 chunks are in flight, each with its
+// Memory is bounded: at most Workers chunks are in flight, each with its
 // input and its compressed output, plus the chunk being filled, whatever
-// the stream's length: about 2*(Workers+2)*ChunkSize, and each worker's
-// encoder keeps a history of about one chunk.
+// the stream's length: about (2*Workers+1)*ChunkSize, and each worker's
+// encoder keeps a history of about two chunks.
 package pzstd
 
 import (
@@ -91,8 +91,8 @@ func NewWriter(w io.Writer, o Options) (*Writer, error) {
 		w:      w,
 		enc:    enc,
 		chunk:  chunk,
-		order:  make(chan *job, workers+1),
-		slots:  make(chan struct{}, workers+1),
+		order:  make(chan *job, workers),
+		slots:  make(chan struct{}, workers),
 		work:   make(chan *job, workers),
 		flushd: make(chan struct{}),
 	}
@@ -151,7 +151,7 @@ func (z *Writer) put(b []byte) {
 }
 
 // submit hands the current chunk to the workers. It blocks while
-// Workers+1 chunks are in flight, which bounds memory.
+// Workers chunks are in flight, which bounds memory.
 func (z *Writer) submit() {
 	if len(z.cur) == 0 {
 		return

@@ -39,7 +39,7 @@ import (
 )
 
 // DefaultChunkSize of resumable uploads: memory per Save is about this.
-const DefaultChunkSize = 16 << 20
+const DefaultChunkSize = 8 << 20
 
 // SingleRequest as Options.ChunkSize streams each object in one request.
 const SingleRequest = -1
