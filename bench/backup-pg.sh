@@ -94,11 +94,6 @@ SECS[pg_dump_Fc]=$(since "$t0")
 SIZE[pg_dump_Fc]=$(stat -c %s "$WORK/dump.Fc")
 rm -f "$WORK/dump.Fc"
 
-log "baseline: pg_dump -Fc -Z0 | zstd -3 -T0 | age"
-t0=$(now)
-pg_dump -Fc -Z0 "$BENCH_DSN" | zstd -q -3 -T0 | age -r "$RECIPIENT" >"$WORK/pipe.zst.age"
-SECS[pipe]=$(since "$t0")
-SIZE[pipe]=$(stat -c %s "$WORK/pipe.zst.age")
 
 if command -v restic >/dev/null; then
 	log "baseline: restic backup --stdin (first backup, fresh repo)"
@@ -117,37 +112,58 @@ fi
 # ---------------------------------------------------------------- stores
 start_stores
 
-# ---------------------------------------------------------------- opsd
-write_opsd_config "$WORK/opsd.yaml" "    type: postgres
+# ---------------------------------------------------------------- pipe and opsd, alternated
+# Each of the BENCH_REPEATS rounds runs the pipe then opsd, so both see the
+# same machine; the table shows medians (peak RSS: the highest).
+REPEATS=${BENCH_REPEATS:-3}
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+PIPE_RUNS=() OPSD_RUNS=() RSS_KIB=0 OPSD_CPUS=() S3_CPUS=() GCS_CPUS=()
+for round in $(seq "$REPEATS"); do
+	log "round $round/$REPEATS: pg_dump -Fc -Z0 | zstd -3 -T0 | age"
+	t0=$(now)
+	pg_dump -Fc -Z0 "$BENCH_DSN" | zstd -q -3 -T0 | age -r "$RECIPIENT" >"$WORK/pipe.zst.age"
+	PIPE_RUNS+=("$(since "$t0")")
+	SIZE[pipe]=$(stat -c %s "$WORK/pipe.zst.age")
+
+	write_opsd_config "$WORK/opsd.yaml" "    type: postgres
     dsn: \"$BENCH_DSN\""
-log "opsd backup run bench --wait (${BENCH_TARGETS:-local, s3, gcs})"
-opsd_backup "$WORK/opsd.yaml"
-SECS[opsd]=$OPSD_SECS
-SIZE[opsd]=$STORED_BYTES
-RSS_KIB=$((OPSD_RSS_MIB * 1024))
-du -sb "$WORK/backups-local" "$WORK/versity/data/opsd-bench" "$WORK/gcs/opsd-bench" >&2
-
-# ---------------------------------------------------------------- restores
-log "restore: age -d | zstd -d | pg_restore"
-recreate_db "$PIPE_DB"
-t0=$(now)
-age -d -i "$WORK/age.key" "$WORK/pipe.zst.age" | zstd -q -d | pg_restore -d "$(dsn_for "$PIPE_DB")"
-SECS[restore_pipe]=$(since "$t0")
-
-log "restore: opsd backup restore --target local --to-postgres (offline)"
-recreate_db "$OPSD_DB"
-t0=$(now)
-"$WORK/opsd" backup restore "$BACKUP_ID" --config "$WORK/opsd.yaml" --target local \
-	--identity "$WORK/age.key" --to-postgres "$(dsn_for "$OPSD_DB")" >&2
-SECS[restore_opsd]=$(since "$t0")
-
-for db in "$PIPE_DB" "$OPSD_DB"; do
-	n=$(psql -At "$(dsn_for "$db")" -c "SELECT count(*) FROM events")
-	[[ $n == "$ROWS" ]] || { echo "backup-pg.sh: $db has $n rows, want $ROWS" >&2; exit 1; }
+	log "round $round/$REPEATS: opsd backup run bench --wait (${BENCH_TARGETS:-local, s3, gcs})"
+	opsd_backup "$WORK/opsd.yaml"
+	OPSD_RUNS+=("$OPSD_SECS") OPSD_CPUS+=("$OPSD_CPU") S3_CPUS+=("$S3_CPU") GCS_CPUS+=("$GCS_CPU")
+	RSS_KIB=$((OPSD_RSS_MIB * 1024 > RSS_KIB ? OPSD_RSS_MIB * 1024 : RSS_KIB))
+	SIZE[opsd]=$STORED_BYTES
 done
+SECS[pipe]=$(median "${PIPE_RUNS[@]}")
+SECS[opsd]=$(median "${OPSD_RUNS[@]}")
+OPSD_CPU=$(median "${OPSD_CPUS[@]}") S3_CPU=$(median "${S3_CPUS[@]}") GCS_CPU=$(median "${GCS_CPUS[@]}")
+
+# ---------------------------------------------------------------- restores, alternated
+RESTORE_PIPE_RUNS=() RESTORE_OPSD_RUNS=()
+for round in $(seq "$REPEATS"); do
+	log "round $round/$REPEATS: restore: age -d | zstd -d | pg_restore"
+	recreate_db "$PIPE_DB"
+	t0=$(now)
+	age -d -i "$WORK/age.key" "$WORK/pipe.zst.age" | zstd -q -d | pg_restore -d "$(dsn_for "$PIPE_DB")"
+	RESTORE_PIPE_RUNS+=("$(since "$t0")")
+
+	log "round $round/$REPEATS: restore: opsd backup restore --target local --to-postgres (offline)"
+	recreate_db "$OPSD_DB"
+	t0=$(now)
+	"$WORK/opsd" backup restore "$BACKUP_ID" --config "$WORK/opsd.yaml" --target local \
+		--identity "$WORK/age.key" --to-postgres "$(dsn_for "$OPSD_DB")" >&2
+	RESTORE_OPSD_RUNS+=("$(since "$t0")")
+
+	for db in "$PIPE_DB" "$OPSD_DB"; do
+		n=$(psql -At "$(dsn_for "$db")" -c "SELECT count(*) FROM events")
+		[[ $n == "$ROWS" ]] || { echo "backup-pg.sh: $db has $n rows, want $ROWS" >&2; exit 1; }
+	done
+done
+SECS[restore_pipe]=$(median "${RESTORE_PIPE_RUNS[@]}")
+SECS[restore_opsd]=$(median "${RESTORE_OPSD_RUNS[@]}")
 
 # ---------------------------------------------------------------- table
 echo
+echo "medians of $REPEATS alternated rounds: pipe ${PIPE_RUNS[*]} s; opsd ${OPSD_RUNS[*]} s; restore pipe ${RESTORE_PIPE_RUNS[*]} s; opsd ${RESTORE_OPSD_RUNS[*]} s"
 echo "rows $ROWS; pg_database_size $((DB_BYTES / 1048576)) MiB; dump (pg_dump -Fc -Z0) $((RAW_BYTES / 1048576)) MiB; $(nproc) cores; $(date -u +%F)"
 row() { # name secs stored rss
 	awk -v n="$1" -v s="$2" -v raw="$RAW_BYTES" -v ref="${SECS[$5]}" -v st="$3" -v rss="$4" 'BEGIN {

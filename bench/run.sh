@@ -11,3 +11,6 @@ echo "== backup pipeline (internal/backup) =="
 echo
 echo "== DR engine (internal/dr) =="
 ./bench/dr.sh
+echo
+echo "== checksum verification (internal/backup) =="
+./bench/verify.sh
