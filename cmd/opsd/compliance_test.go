@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/opsd-dev/opsd/internal/storage/s3/s3test"
 )
 
 // TestComplianceThroughDaemon grades two sources for real: one with a
@@ -16,14 +14,7 @@ import (
 // back; one with a single local copy is below its 3-2-1 policy and says
 // which rule is missing.
 func TestComplianceThroughDaemon(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping the compliance test against Versity Gateway")
-	}
-	v := s3test.StartVersity(t)
-	bucket := v.NewBucket(t, true)
-	t.Setenv("AWS_ACCESS_KEY_ID", v.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", v.SecretKey)
-	t.Setenv("AWS_REGION", v.Region)
+	v, bucket := versityForDaemon(t, true)
 	dir := t.TempDir()
 	cfgPath := faultConfig(t, dir, fmt.Sprintf(`  a:      {type: local, path: ./target-a}
   vault:  {type: s3, bucket: %s, endpoint: %q, path_style: true, region: us-east-1, object_lock: {mode: GOVERNANCE, days: 1}}

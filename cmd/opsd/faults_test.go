@@ -49,6 +49,22 @@ targets:
 	return path
 }
 
+// versityForDaemon starts Versity Gateway with a bucket (object-locked if
+// lock) and puts its credentials in the environment the daemon inherits.
+// -short skips the test.
+func versityForDaemon(t *testing.T, lock bool) (*s3test.Versity, string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: skipping a daemon test against Versity Gateway")
+	}
+	v := s3test.StartVersity(t)
+	bucket := v.NewBucket(t, lock)
+	t.Setenv("AWS_ACCESS_KEY_ID", v.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", v.SecretKey)
+	t.Setenv("AWS_REGION", v.Region)
+	return v, bucket
+}
+
 // runAndWait starts a backup of source and polls until it ends.
 func runAndWait(t *testing.T, d *daemonProc, source string, during func(b backupView) bool) backupView {
 	t.Helper()
@@ -102,14 +118,7 @@ func multipartUploads(t *testing.T, client *awss3.Client, bucket string) int {
 // copy fails and is not listed anywhere, the next backup aborts the
 // orphaned multipart upload, and the backup restores from the local copy.
 func TestS3TargetDiesMidBackup(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping the S3 outage test")
-	}
-	v := s3test.StartVersity(t)
-	bucket := v.NewBucket(t, false)
-	t.Setenv("AWS_ACCESS_KEY_ID", v.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", v.SecretKey)
-	t.Setenv("AWS_REGION", v.Region)
+	v, bucket := versityForDaemon(t, false)
 	dir := t.TempDir()
 	cfgPath := faultConfig(t, dir, fmt.Sprintf(`  a:  {type: local, path: ./target-a}
   s3: {type: s3, bucket: %s, endpoint: %q, path_style: true, region: us-east-1, part_size: 5MiB, upload_concurrency: 1}

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/opsd-dev/opsd/internal/backup/service"
-	"github.com/opsd-dev/opsd/internal/storage/s3/s3test"
 )
 
 // TestPruneHonoursObjectLock: on Versity Gateway with Object Lock, the
@@ -16,14 +15,7 @@ import (
 // prune neither deletes nor tries to delete them and says when they go —
 // while a source without locks is pruned after each backup.
 func TestPruneHonoursObjectLock(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping the prune test against Versity Gateway")
-	}
-	v := s3test.StartVersity(t)
-	bucket := v.NewBucket(t, true)
-	t.Setenv("AWS_ACCESS_KEY_ID", v.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", v.SecretKey)
-	t.Setenv("AWS_REGION", v.Region)
+	v, bucket := versityForDaemon(t, true)
 	dir := t.TempDir()
 	cfgPath := faultConfig(t, dir, fmt.Sprintf(`  a:     {type: local, path: ./target-a}
   b:     {type: local, path: ./target-b}
