@@ -182,7 +182,8 @@ func (s *Service) retainUntil(ctx context.Context, c state.Copy) time.Time {
 }
 
 // RunMaintenance grades every source once a minute (keeping
-// opsd_backup_compliance_level current) and probes every object-locked
+// opsd_backup_compliance_level current, and queueing catch-up copies for
+// targets the newest backup missed) and probes every object-locked
 // target's lock enforcement at start and daily, until ctx ends.
 func (s *Service) RunMaintenance(ctx context.Context) error {
 	probe := time.NewTimer(0)
@@ -214,6 +215,8 @@ func (s *Service) gradeAll(ctx context.Context) {
 		if _, err := s.Health(ctx, name); err != nil && ctx.Err() == nil {
 			s.log.Warn("grade source", "source", name, "err", err)
 		}
+		// A target that missed the newest backup gets its copy later.
+		s.queueCatchUps(ctx, name)
 	}
 }
 

@@ -173,7 +173,10 @@ func (s *Service) Register(workers *river.Workers) error {
 	if err := river.AddWorkerSafely(workers, &Worker{svc: s}); err != nil {
 		return err
 	}
-	return river.AddWorkerSafely(workers, &VerifyWorker{svc: s})
+	if err := river.AddWorkerSafely(workers, &VerifyWorker{svc: s}); err != nil {
+		return err
+	}
+	return river.AddWorkerSafely(workers, &CopyWorker{svc: s})
 }
 
 // Attach sets the queue Enqueue inserts into.
