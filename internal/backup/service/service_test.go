@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/opsd-dev/opsd/internal/action"
+	"github.com/opsd-dev/opsd/internal/backup"
 	"github.com/opsd-dev/opsd/internal/config"
 	"github.com/opsd-dev/opsd/internal/jobs"
 	"github.com/opsd-dev/opsd/internal/signing"
@@ -44,6 +45,7 @@ func (r *recorder) Record(_ context.Context, rec action.Record) (int64, error) {
 type fakeQueue struct {
 	args     []Args
 	verifies []VerifyArgs
+	copies   []CopyArgs
 }
 
 func (q *fakeQueue) Insert(_ context.Context, a river.JobArgs, _ *river.InsertOpts) (jobs.JobInfo, error) {
@@ -54,6 +56,9 @@ func (q *fakeQueue) Insert(_ context.Context, a river.JobArgs, _ *river.InsertOp
 	case VerifyArgs:
 		q.verifies = append(q.verifies, a)
 		return jobs.JobInfo{ID: int64(1000 + len(q.verifies))}, nil
+	case CopyArgs:
+		q.copies = append(q.copies, a)
+		return jobs.JobInfo{ID: int64(2000 + len(q.copies))}, nil
 	}
 	return jobs.JobInfo{}, fmt.Errorf("unexpected job %T", a)
 }
@@ -578,5 +583,67 @@ func TestCatchUpMissed(t *testing.T) {
 	now = now.Add(5 * time.Hour)
 	if q, _ := f.svc.CatchUpMissed(ctx); len(q) != 0 {
 		t.Errorf("missed: skip queued %v", q)
+	}
+}
+
+func TestCatchUpCopy(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	realTarget := f.svc.opts.Target
+	down := true
+	f.svc.opts.Target = func(ctx context.Context, name string) (storage.Backend, error) {
+		if name == "b" && down {
+			return nil, errors.New("target b unreachable")
+		}
+		return realTarget(ctx, name)
+	}
+	b, err := f.svc.Enqueue(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = f.svc.work(ctx, 1, b.QueuedAt, f.queue.args[0])
+	got, _, _ := f.store.GetBackup(ctx, b.ID)
+	if got.State != state.BackupPartial {
+		t.Fatalf("backup with b down = %s, want partial", got.State)
+	}
+	down = false
+	if err := f.svc.CatchUpCopy(ctx, CopyArgs{BackupID: b.ID, Target: "b"}); !errors.Is(err, ErrNoGoodCopy) {
+		t.Fatalf("catch-up before any verification = %v, want ErrNoGoodCopy (only verified copies are copied)", err)
+	}
+	if _, err := f.svc.Verify(ctx, VerifyArgs{BackupID: b.ID, Level: state.LevelChecksum}); err != nil {
+		t.Fatal(err)
+	}
+	f.queue.verifies = nil
+	f.svc.queueCatchUps(ctx, "demo")
+	if len(f.queue.copies) != 1 || f.queue.copies[0] != (CopyArgs{BackupID: b.ID, Target: "b"}) {
+		t.Fatalf("maintenance queued %+v, want one copy of %s to b", f.queue.copies, b.ID)
+	}
+	if err := f.svc.CatchUpCopy(ctx, CopyArgs{BackupID: b.ID, Target: "b"}); err != nil {
+		t.Fatalf("catch-up copy = %v", err)
+	}
+	_, copies, _ := f.store.GetBackup(ctx, b.ID)
+	var cb state.Copy
+	for _, c := range copies {
+		if c.Target == "b" {
+			cb = c
+		}
+	}
+	if cb.State != state.CopyComplete || cb.SHA256 == "" || cb.Bytes == 0 {
+		t.Fatalf("copy on b = %+v, want complete", cb)
+	}
+	if len(f.queue.verifies) != 1 || f.queue.verifies[0].Target != "b" {
+		t.Errorf("after the copy queued %+v, want a checksum verification of b", f.queue.verifies)
+	}
+	ms, err := backup.List(ctx, f.targets["b"], f.svc.opts.Verifier)
+	if err != nil || len(ms) != 1 || ms[0].ID != b.ID {
+		t.Fatalf("signed manifests on b = %v, %v; want the caught-up backup", ms, err)
+	}
+	if vs, err := f.svc.Verify(ctx, VerifyArgs{BackupID: b.ID, Level: state.LevelChecksum, Target: "b"}); err != nil || !vs[0].OK {
+		t.Fatalf("checksum of the caught-up copy = %+v, %v", vs, err)
+	}
+	h, err := f.svc.Health(ctx, "demo")
+	// Both targets are on one medium here: two verified copies make "3".
+	if err != nil || h.Compliance.Level != "3" || len(h.Compliance.Counted) != 2 {
+		t.Errorf("grading after catch-up = %+v, %v; want level 3 counting both copies", h.Compliance, err)
 	}
 }
