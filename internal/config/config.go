@@ -241,7 +241,18 @@ type Source struct {
 	// opsd was down: MissedRun (default) runs one backup now, MissedSkip
 	// waits for the next slot.
 	Missed string `yaml:"missed"`
+	// Overlap says what a scheduled slot does while the previous backup
+	// of the source still runs: OverlapSkip (default) skips the slot,
+	// OverlapQueue waits for it. Backups asked for through the API always
+	// wait. Two backups of one source never run at once.
+	Overlap string `yaml:"overlap"`
 }
+
+// Overlap policies.
+const (
+	OverlapSkip  = "skip"
+	OverlapQueue = "queue"
+)
 
 // Missed-run policies.
 const (

@@ -295,6 +295,21 @@ func (s *Service) work(ctx context.Context, jobID int64, created time.Time, args
 		id = created.UTC().Format("20060102T150405Z") + "-" + fmt.Sprintf("%08x", jobID)
 	}
 	log := s.log.With("source", args.Source, "backup", id)
+	// Never two backups of one source at once (every replica shares the
+	// lock through the state store).
+	release, holder, err := s.acquireSource(ctx, args.Source, id)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", id, err)
+	}
+	if holder != "" {
+		if args.BackupID == "" && sc.Overlap != config.OverlapQueue {
+			log.Warn("scheduled backup skipped: the previous backup of this source is still running", "running", holder)
+			return nil
+		}
+		log.Info("waiting: another backup of this source is running", "running", holder)
+		return river.JobSnooze(overlapRetry)
+	}
+	defer release()
 	b, _, err := s.opts.Store.GetBackup(ctx, id)
 	switch {
 	case errors.Is(err, state.ErrNotFound):
