@@ -1,0 +1,66 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/riverqueue/river"
+
+	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/state"
+)
+
+func TestNoTwoBackupsOfOneSource(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	// A backup of demo is running (as another replica would hold it).
+	running := state.Backup{ID: "20261125T100000Z-00000099", Source: "demo", Type: "files", State: state.BackupRunning,
+		Actor: "token:ci", QueuedAt: time.Now().Add(-time.Minute), StartedAt: time.Now().Add(-time.Minute)}
+	if err := f.store.CreateBackup(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.CreateValue(ctx, sourceLockKey("demo"), running.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	// A scheduled slot is skipped: no catalog row, no error.
+	created := time.Now()
+	if err := f.svc.work(ctx, 7, created, Args{Source: "demo"}); err != nil {
+		t.Fatalf("scheduled backup while one runs = %v, want skipped (nil)", err)
+	}
+	items, _, _ := f.store.ListBackups(ctx, state.BackupFilter{Source: "demo"})
+	if len(items) != 1 {
+		t.Fatalf("catalog has %d backups, want only the running one (the slot was skipped)", len(items))
+	}
+	// With overlap: queue the slot waits; so does a backup asked for via the API.
+	f.svc.opts.Config().Sources["demo"].Overlap = config.OverlapQueue
+	var snooze *river.JobSnoozeError
+	if err := f.svc.work(ctx, 8, created, Args{Source: "demo"}); !errors.As(err, &snooze) {
+		t.Fatalf("queued slot while one runs = %v, want a snooze", err)
+	}
+	b, err := f.svc.Enqueue(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.work(ctx, 9, b.QueuedAt, f.queue.args[len(f.queue.args)-1]); !errors.As(err, &snooze) {
+		t.Fatalf("API backup while one runs = %v, want a snooze", err)
+	}
+
+	// The holder finishes: the waiting backup takes the stale lock and runs.
+	running.State, running.FinishedAt = state.BackupSucceeded, time.Now()
+	if err := f.store.UpdateBackup(ctx, running); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.work(ctx, 9, b.QueuedAt, f.queue.args[len(f.queue.args)-1]); err != nil {
+		t.Fatalf("API backup after the holder finished = %v", err)
+	}
+	got, _, _ := f.store.GetBackup(ctx, b.ID)
+	if got.State != state.BackupSucceeded {
+		t.Errorf("waiting backup = %s, want succeeded", got.State)
+	}
+	if _, ok, _ := f.store.GetValue(ctx, sourceLockKey("demo")); ok {
+		t.Error("source lock still held after the backup ended")
+	}
+}
