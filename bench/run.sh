@@ -14,3 +14,6 @@ echo "== DR engine (internal/dr) =="
 echo
 echo "== checksum verification (internal/backup) =="
 ./bench/verify.sh
+echo
+echo "== scheduler overhead (internal/jobs) =="
+./bench/schedule.sh
