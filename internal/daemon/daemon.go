@@ -69,6 +69,7 @@ type Daemon struct {
 	store    state.Store
 	jobs     jobEngine
 	backups  *service.Service
+	drills   *drillSet
 	dispatch *action.Dispatcher
 	registry *prometheus.Registry
 	api      *httpapi.Server
@@ -211,6 +212,9 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 	if _, err := d.backups.CatchUpMissed(ctx); err != nil {
 		d.log.Error("catch up missed backups", "err", err)
 	}
+	if err := d.openDrills(cfg); err != nil {
+		return fmt.Errorf("open runbook engine: %w", err)
+	}
 	d.api = httpapi.NewServer(httpapi.Deps{
 		Logger:     d.log,
 		Dispatcher: d.dispatch,
@@ -223,6 +227,7 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 		Backups:    d.backups,
 		Sources:    d.sources,
 		Source:     d.source,
+		Runs:       d.drills,
 	}, apiSettings(cfg), d.registry)
 	return nil
 }
@@ -306,6 +311,7 @@ func (d *Daemon) run(ctx context.Context, cfg *config.Config) error {
 	actor("audit", d.audit.Run)
 	actor("heartbeat", d.heartbeat)
 	actor("backup-maintenance", d.backups.RunMaintenance)
+	actor("drills", d.drills.Run)
 	actor("watchdog", func(ctx context.Context) error { return d.notify.runWatchdog(ctx, d.healthy) })
 	actor("ready", func(ctx context.Context) error {
 		if err := d.waitReady(ctx); err != nil {

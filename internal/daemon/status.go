@@ -120,6 +120,9 @@ func (d *Daemon) status(ctx context.Context) (any, error) {
 	if err := d.audit.Healthy(); err != nil {
 		st.Audit.Healthy, st.Audit.Error = false, err.Error()
 	}
+	for _, r := range d.drills.runningDrills(ctx) {
+		st.Runs = append(st.Runs, r)
+	}
 	for name, s := range cfg.Sources {
 		ss := sourceStatus(name, s, now)
 		if withLast, err := d.withLastBackup(ctx, ss); err == nil {

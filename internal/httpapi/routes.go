@@ -18,6 +18,7 @@ func (s *Server) routes() {
 	pathObject := func(kind, param string) func(r *http.Request) string {
 		return func(r *http.Request) string { return kind + "/" + r.PathValue(param) }
 	}
+	runStepObject := func(r *http.Request) string { return "run/" + r.PathValue("id") + "/step/" + r.PathValue("step") }
 	routes := []route{
 		// Unauthenticated probes.
 		{method: "GET", path: "/healthz", handler: http.HandlerFunc(s.handleHealthz)},
@@ -47,16 +48,17 @@ func (s *Server) routes() {
 		{method: "POST", path: "/api/v1/backups/{id}/restore", role: RoleOperator, handler: notYet("restores")},
 
 		// Runbooks and drills.
-		{method: "GET", path: "/api/v1/runbooks", role: RoleViewer, handler: notYet("runbooks")},
-		{method: "GET", path: "/api/v1/runbooks/{name}", role: RoleViewer, handler: notYet("runbooks")},
-		{method: "POST", path: "/api/v1/runbooks/{name}/runs", role: RoleOperator, handler: notYet("runbook runs")},
-		{method: "GET", path: "/api/v1/runs", role: RoleViewer, handler: notYet("runbook runs")},
-		{method: "GET", path: "/api/v1/runs/{id}", role: RoleViewer, handler: notYet("runbook runs")},
-		{method: "GET", path: "/api/v1/runs/{id}/events", role: RoleViewer, handler: notYet("run events")},
-		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/approve", role: RoleOperator, handler: notYet("approvals")},
-		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/reject", role: RoleOperator, handler: notYet("approvals")},
-		{method: "POST", path: "/api/v1/runs/{id}/cancel", role: RoleOperator, handler: notYet("run cancellation")},
-		{method: "GET", path: "/api/v1/runs/{id}/report", role: RoleViewer, handler: notYet("drill reports")},
+		{method: "GET", path: "/api/v1/runbooks", role: RoleViewer, handler: http.HandlerFunc(s.handleListRunbooks)},
+		{method: "GET", path: "/api/v1/runbooks/{name}", role: RoleViewer, handler: http.HandlerFunc(s.handleGetRunbook)},
+		// Params may hold secrets: the audit log keeps their keyed hash.
+		{method: "POST", path: "/api/v1/runbooks/{name}/runs", role: RoleOperator, action: "runbook.run", secrets: []string{"params"}, object: pathObject("runbook", "name"), handler: http.HandlerFunc(s.handleStartRun)},
+		{method: "GET", path: "/api/v1/runs", role: RoleViewer, handler: http.HandlerFunc(s.handleListRuns)},
+		{method: "GET", path: "/api/v1/runs/{id}", role: RoleViewer, handler: http.HandlerFunc(s.handleGetRun)},
+		{method: "GET", path: "/api/v1/runs/{id}/events", role: RoleViewer, handler: http.HandlerFunc(s.handleRunEvents)},
+		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/approve", role: RoleOperator, action: "run.approve", object: runStepObject, handler: http.HandlerFunc(s.handleApproveStep)},
+		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/reject", role: RoleOperator, action: "run.reject", object: runStepObject, handler: http.HandlerFunc(s.handleRejectStep)},
+		{method: "POST", path: "/api/v1/runs/{id}/cancel", role: RoleOperator, action: "run.cancel", object: pathObject("run", "id"), handler: http.HandlerFunc(s.handleCancelRun)},
+		{method: "GET", path: "/api/v1/runs/{id}/report", role: RoleViewer, handler: http.HandlerFunc(s.handleRunReport)},
 
 		// Alerts.
 		{method: "GET", path: "/api/v1/alerts", role: RoleViewer, handler: notYet("alerts")},

@@ -65,6 +65,8 @@ type Deps struct {
 	// wrapping state.ErrNotFound for an unknown name.
 	Sources func(ctx context.Context) (any, error)
 	Source  func(ctx context.Context, name string) (any, error)
+	// Runs serves the runbook and run routes (the DR engine).
+	Runs Runs
 }
 
 // ConfigError is returned by Deps.Reload when the new config is invalid.
