@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/opsd-dev/opsd/internal/failpoint"
 )
 
 // errLagging fails a copy whose target fell too far behind with nowhere to
@@ -257,6 +259,7 @@ var errNoTargets = errors.New("every target failed")
 func (f *fanout) Write(p []byte) (int, error) {
 	// The caller may reuse p; lanes share one immutable copy, which goes
 	// back to the pool when the last lane is done with it.
+	failpoint.Hit("backup.data")
 	c := newChunk(p, len(f.lanes))
 	f.hash.Write(p)
 	f.n += int64(len(p))

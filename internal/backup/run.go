@@ -21,6 +21,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/backup/pzstd"
 	"github.com/opsd-dev/opsd/internal/backup/source"
 	"github.com/opsd-dev/opsd/internal/buildinfo"
+	"github.com/opsd-dev/opsd/internal/failpoint"
 	"github.com/opsd-dev/opsd/internal/storage"
 )
 
@@ -234,6 +235,7 @@ func Run(ctx context.Context, src source.Source, opts Options) (*Result, error) 
 		return res, fmt.Errorf("backup %s of %s: %w", id, opts.Source, dataErr)
 	}
 
+	failpoint.Hit("backup.data-done")
 	m.Finished = now().UTC()
 	m.Size = manifest.Size{Raw: raw, Stored: stored}
 	m.Objects = []manifest.Object{{Name: dataName, Size: stored, SHA256: digest}}
@@ -267,10 +269,12 @@ func Run(ctx context.Context, src source.Source, opts Options) (*Result, error) 
 					_ = t.Remove(rctx, dataKey)
 					return
 				}
+				failpoint.Hit("backup.meta-saved")
 			}
 		})
 	}
 	mwg.Wait()
+	failpoint.Hit("backup.signed")
 
 	complete := 0
 	for _, c := range res.Copies {

@@ -15,6 +15,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/action"
 	"github.com/opsd-dev/opsd/internal/backup"
 	"github.com/opsd-dev/opsd/internal/backup/manifest"
+	"github.com/opsd-dev/opsd/internal/failpoint"
 	"github.com/opsd-dev/opsd/internal/state"
 	"github.com/opsd-dev/opsd/internal/storage"
 )
@@ -88,9 +89,11 @@ func (s *Service) CatchUpCopy(ctx context.Context, a CopyArgs) error {
 	var bytes int64
 	err = s.opts.Dispatcher.Do(ctx, req, func(ctx context.Context) error {
 		var err error
+		failpoint.Hit("copy.start")
 		bytes, err = copyObjects(ctx, src, dst, m)
 		return err
 	})
+	failpoint.Hit("copy.objects-saved")
 	c := state.Copy{BackupID: b.ID, Target: a.Target, State: state.CopyComplete, Bytes: bytes, StartedAt: started,
 		FinishedAt: s.opts.Now().UTC()}
 	if obj, oerr := m.DataObject(); oerr == nil {
@@ -102,6 +105,7 @@ func (s *Service) CatchUpCopy(ctx context.Context, a CopyArgs) error {
 	if perr := s.opts.Store.PutCopy(context.WithoutCancel(ctx), c); perr != nil {
 		return errors.Join(err, perr)
 	}
+	failpoint.Hit("copy.recorded")
 	if err != nil {
 		s.metricFailure(b.Source, a.Target, "target")
 		return err
@@ -159,6 +163,7 @@ func copyObjects(ctx context.Context, src, dst storage.Backend, m *manifest.Mani
 		_ = dst.Remove(context.WithoutCancel(ctx), key)
 		return h.n, err
 	}
+	failpoint.Hit("copy.data-saved")
 	for _, name := range []string{manifest.ManifestName, manifest.SignatureName} {
 		if err := copyOne(ctx, src, dst, m.Key(name)); err != nil {
 			_ = dst.Remove(context.WithoutCancel(ctx), m.Key(manifest.ManifestName))
@@ -176,6 +181,7 @@ func copyOne(ctx context.Context, src, dst storage.Backend, key string) error {
 	}
 	defer rc.Close()
 	_, err = dst.Save(ctx, key, rc, storage.SaveOptions{NoOverwrite: true})
+	failpoint.Hit("copy.meta-saved")
 	return err
 }
 
@@ -186,6 +192,7 @@ type hashingReader struct {
 }
 
 func (r *hashingReader) Read(p []byte) (int, error) {
+	failpoint.Hit("copy.data")
 	n, err := r.r.Read(p)
 	r.h.Write(p[:n])
 	r.n += int64(n)

@@ -12,6 +12,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/backup/manifest"
 	"github.com/opsd-dev/opsd/internal/backup/retention"
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/failpoint"
 	"github.com/opsd-dev/opsd/internal/state"
 	"github.com/opsd-dev/opsd/internal/storage"
 )
@@ -161,6 +162,7 @@ func (s *Service) pruneSource(ctx context.Context, cfg *config.Config, name stri
 				pd.Error = err.Error()
 			} else {
 				pd.Deleted = true
+				failpoint.Hit("prune.deleted")
 			}
 		}
 		out = append(out, pd)
@@ -219,6 +221,7 @@ func (s *Service) deleteBackup(ctx context.Context, sc *config.Source, b state.B
 		if len(errs) > 0 {
 			return errors.Join(errs...)
 		}
+		failpoint.Hit("prune.objects-removed")
 		return s.opts.Store.DeleteBackup(ctx, b.ID)
 	})
 }
@@ -236,6 +239,7 @@ func removePrefix(ctx context.Context, t storage.Backend, prefix string) error {
 		if err := t.Remove(ctx, k); err != nil {
 			return err
 		}
+		failpoint.Hit("remove.object")
 	}
 	return nil
 }

@@ -44,6 +44,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/backup/manifest"
 	"github.com/opsd-dev/opsd/internal/backup/source"
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/failpoint"
 	"github.com/opsd-dev/opsd/internal/jobs"
 	"github.com/opsd-dev/opsd/internal/state"
 	"github.com/opsd-dev/opsd/internal/storage"
@@ -213,6 +214,7 @@ func (s *Service) Enqueue(ctx context.Context, src string) (state.Backup, error)
 	if err := s.opts.Store.CreateBackup(ctx, b); err != nil {
 		return state.Backup{}, fmt.Errorf("queue backup of %s: %w", src, err)
 	}
+	failpoint.Hit("backup.enqueued")
 	info, err := s.queue.Insert(ctx, Args{BackupID: b.ID, Source: src}, nil)
 	if err != nil {
 		b.State, b.Error, b.FinishedAt = state.BackupFailed, "not queued: "+err.Error(), s.opts.Now().UTC()
@@ -335,6 +337,7 @@ func (s *Service) work(ctx context.Context, jobID int64, created time.Time, args
 	if err := s.opts.Store.UpdateBackup(ctx, b); err != nil {
 		return fmt.Errorf("backup %s: mark running: %w", id, err)
 	}
+	failpoint.Hit("backup.running")
 	res, runErr := s.run(ctx, cfg, sc, b, log)
 	if runErr != nil && ctx.Err() != nil {
 		// Shutdown: leave the row running; River retries and the retry
@@ -359,11 +362,13 @@ func (s *Service) work(ctx context.Context, jobID int64, created time.Time, args
 	if err := s.opts.Store.UpdateBackup(context.WithoutCancel(ctx), b); err != nil {
 		return fmt.Errorf("backup %s: record outcome: %w", id, err)
 	}
+	failpoint.Hit("backup.finished")
 	s.observe(args.Source, b, finished.Sub(started))
 	if b.State == state.BackupSucceeded || b.State == state.BackupPartial {
 		// Every backup is read back once right away (SPEC §1.1), then the
 		// source's retention runs.
 		s.verifyAfterBackup(ctx, b)
+		failpoint.Hit("backup.verify-queued")
 		s.pruneAfterBackup(ctx, args.Source)
 	}
 	log.Info("backup finished", "state", b.State, "raw_bytes", b.RawBytes, "stored_bytes", b.StoredBytes,
@@ -399,6 +404,7 @@ func (s *Service) run(ctx context.Context, cfg *config.Config, sc *config.Source
 			log.Info("removed temporary objects", "target", name, "count", n)
 		}
 		targets = append(targets, t)
+		failpoint.Hit("backup.target-ready")
 	}
 	if len(targets) == 0 {
 		return nil, fmt.Errorf("no target available: %w", errors.Join(errs...))
@@ -419,6 +425,7 @@ func (s *Service) run(ctx context.Context, cfg *config.Config, sc *config.Source
 			return nil, fmt.Errorf("record copy on %s: %w", t.Name(), err)
 		}
 	}
+	failpoint.Hit("backup.copies-writing")
 	spool := s.opts.SpoolDir
 	if spool != "" {
 		if err := os.MkdirAll(spool, 0o700); err != nil {
@@ -459,6 +466,7 @@ func (s *Service) run(ctx context.Context, cfg *config.Config, sc *config.Source
 	sourceFailed := runErr != nil && res.Manifest == nil
 	for _, c := range res.Copies {
 		s.recordCopy(ctx, b, c, b.StartedAt)
+		failpoint.Hit("backup.copy-recorded")
 		switch {
 		case c.State == backup.CopyComplete:
 			if s.opts.Metrics != nil {

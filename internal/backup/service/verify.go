@@ -18,6 +18,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/backup/pgtool"
 	"github.com/opsd-dev/opsd/internal/backup/verify"
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/failpoint"
 	"github.com/opsd-dev/opsd/internal/state"
 	"github.com/opsd-dev/opsd/internal/storage"
 )
@@ -147,11 +148,13 @@ func (s *Service) Verify(ctx context.Context, a VerifyArgs) ([]state.Verificatio
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
+	failpoint.Hit("verify.checked")
 	for i := range out {
 		out[i].Request = a.Request
 	}
 	for _, v := range out {
 		s.recordVerification(ctx, b, v)
+		failpoint.Hit("verify.recorded")
 		if v.OK {
 			log.Info("verification passed", "target", v.Target)
 		} else {

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opsd-dev/opsd/internal/failpoint"
 	"github.com/opsd-dev/opsd/internal/storage"
 )
 
@@ -156,6 +157,7 @@ func (b *Backend) save(ctx context.Context, p string, r io.Reader, noOverwrite b
 	if err = ctx.Err(); err != nil {
 		return n, err
 	}
+	failpoint.Hit("local.temp-written")
 	if noOverwrite {
 		// link fails if p exists, atomically; rename would replace it.
 		if err = os.Link(tmp, p); err != nil {

@@ -52,6 +52,7 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/failpoint"
 	"github.com/opsd-dev/opsd/internal/storage"
 )
 
@@ -345,6 +346,7 @@ func (b *Backend) Save(ctx context.Context, key string, r io.Reader, opts storag
 		}
 		return storage.ObjectInfo{}, b.errorf(ctx, "save", key, err)
 	}
+	failpoint.Hit("s3.uploaded")
 	fi := storage.ObjectInfo{Key: key, Size: cr.n, ModTime: b.now(), StorageClass: string(in.StorageClass), Retention: ret}
 	if out.VersionID != nil {
 		fi.VersionID = *out.VersionID
@@ -365,6 +367,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
+	failpoint.Hit("s3.save-read")
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	if err != nil && err != io.EOF {
