@@ -13,6 +13,7 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -43,6 +44,7 @@ const (
 	DefaultConcurrency   = 10
 	DefaultJobTimeout    = 30 * time.Minute
 	DefaultShutdownGrace = 30 * time.Second
+	DefaultFetchCooldown = 20 * time.Millisecond
 	// hardStopTimeout bounds the wait for jobs to return after their
 	// contexts were cancelled; a job that ignores its context is abandoned
 	// (River's rescuer retries it later on some replica).
@@ -92,7 +94,10 @@ type Options struct {
 	// Periodic jobs to register at construction (AddPeriodic adds more).
 	Periodic []Periodic
 	// FetchPollInterval and FetchCooldown tune how often River looks for new
-	// jobs (River's defaults 1s and 100ms when zero). Tests lower them.
+	// jobs: polling when idle (River's default 1s when zero) and the pause
+	// between fetches while jobs keep coming (DefaultFetchCooldown when
+	// zero: River's 100 ms caps a burst of scheduled jobs at about
+	// Concurrency×10 starts a second). Tests lower them.
 	FetchPollInterval time.Duration
 	FetchCooldown     time.Duration
 
@@ -284,7 +289,7 @@ func riverConfig(opts Options, workers *river.Workers, logger *slog.Logger) (*ri
 		RescueStuckJobsAfter: rescue,
 		MaxAttempts:          opts.MaxAttempts,
 		FetchPollInterval:    opts.FetchPollInterval,
-		FetchCooldown:        opts.FetchCooldown,
+		FetchCooldown:        cmp.Or(opts.FetchCooldown, DefaultFetchCooldown),
 		RetryPolicy:          opts.retryPolicy,
 		TestOnly:             opts.testOnly,
 		Middleware:           []rivertype.Middleware{&dispatchMiddleware{d: opts.Dispatcher, logger: logger}},
