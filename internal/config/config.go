@@ -246,6 +246,9 @@ type Source struct {
 	// OverlapQueue waits for it. Backups asked for through the API always
 	// wait. Two backups of one source never run at once.
 	Overlap string `yaml:"overlap"`
+	// Jitter delays each scheduled backup by a random time up to this, so
+	// many sources on one schedule do not start in the same second.
+	Jitter time.Duration `yaml:"jitter"`
 }
 
 // Overlap policies.

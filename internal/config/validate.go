@@ -548,6 +548,9 @@ func (l *loader) validateSource(c *Config, p, name string, s *Source) {
 	if l.isSet(p + ".missed") {
 		l.oneOf(p+".missed", s.Missed, []string{MissedRun, MissedSkip})
 	}
+	if l.isSet(p+".jitter") && s.Jitter < 0 {
+		l.errPath(p+".jitter", "must not be negative")
+	}
 	if l.isSet(p + ".overlap") {
 		l.oneOf(p+".overlap", s.Overlap, []string{OverlapSkip, OverlapQueue})
 	}

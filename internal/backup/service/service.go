@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -248,9 +249,14 @@ func Periodic(cfg *config.Config) []jobs.Periodic {
 		if sc.Schedule == "" {
 			continue
 		}
-		src := name
+		src, jitter := name, sc.Jitter
 		out = append(out, jobs.Periodic{Name: "backup:" + src, Spec: string(sc.Schedule),
-			Construct: func() (river.JobArgs, *river.InsertOpts) { return Args{Source: src}, nil }})
+			Construct: func() (river.JobArgs, *river.InsertOpts) {
+				if jitter <= 0 {
+					return Args{Source: src}, nil
+				}
+				return Args{Source: src}, &river.InsertOpts{ScheduledAt: time.Now().Add(rand.N(jitter))}
+			}})
 	}
 	// Verification schedules: the newest backup of the source, resolved
 	// when the job runs.

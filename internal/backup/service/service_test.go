@@ -647,3 +647,28 @@ func TestCatchUpCopy(t *testing.T) {
 		t.Errorf("grading after catch-up = %+v, %v; want level 3 counting both copies", h.Compliance, err)
 	}
 }
+
+func TestScheduleJitter(t *testing.T) {
+	cfg := &config.Config{Sources: map[string]*config.Source{
+		"even":   {Schedule: "@hourly"},
+		"spread": {Schedule: "@hourly", Jitter: 30 * time.Second},
+	}}
+	for _, p := range Periodic(cfg) {
+		for range 20 {
+			_, opts := p.Construct()
+			switch p.Name {
+			case "backup:even":
+				if opts != nil {
+					t.Fatalf("no jitter: insert options %+v, want none", opts)
+				}
+			case "backup:spread":
+				if opts == nil {
+					t.Fatal("jitter 30s: no scheduled time")
+				}
+				if d := time.Until(opts.ScheduledAt); d < -time.Second || d > 30*time.Second {
+					t.Fatalf("jitter 30s scheduled the run %v from now", d)
+				}
+			}
+		}
+	}
+}
