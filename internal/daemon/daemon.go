@@ -206,6 +206,9 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 		if _, err := d.backups.RecoverInterrupted(ctx); err != nil {
 			return fmt.Errorf("recover interrupted backups: %w", err)
 		}
+		if _, err := d.backups.RecoverInterruptedCopies(ctx); err != nil {
+			d.log.Error("recover interrupted catch-up copies", "err", err)
+		}
 	}
 	d.backups.InitMetrics(ctx)
 	// Slots that passed while opsd was down run once now (sources.*.missed).

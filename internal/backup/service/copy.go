@@ -84,6 +84,21 @@ func (s *Service) CatchUpCopy(ctx context.Context, a CopyArgs) error {
 		return err
 	}
 	started := s.opts.Now().UTC()
+	// Recorded as writing first: a crash from here on leaves a row that
+	// the next start finds and cleans (RecoverInterruptedCopies).
+	w := state.Copy{BackupID: b.ID, Target: a.Target, State: state.CopyWriting, StartedAt: started}
+	if obj, oerr := m.DataObject(); oerr == nil {
+		w.Key = m.Key(obj.Name)
+	}
+	if err := s.opts.Store.PutCopy(ctx, w); err != nil {
+		return err
+	}
+	// Only one copy job per backup and target runs at a time (unique
+	// jobs), so whatever is under the backup's prefix on the target is
+	// left over from an attempt that died.
+	if err := removePrefix(ctx, dst, b.Source+"/"+b.ID+"/"); err != nil {
+		return fmt.Errorf("remove leftovers of an earlier attempt on %s: %w", a.Target, err)
+	}
 	req := action.Request{Actor: action.ActorFrom(ctx), Action: "backup.copy", Object: "backup/" + b.ID + "/target/" + a.Target,
 		Params: map[string]any{"source": b.Source, "from": from, "reason": "catch-up"}}
 	var bytes int64
@@ -232,4 +247,44 @@ func (s *Service) queueCatchUps(ctx context.Context, source string) {
 			s.log.Warn("queue catch-up copy", "backup", b.ID, "target", t, "err", err)
 		}
 	}
+}
+
+// RecoverInterruptedCopies finds catch-up copies a crash left `writing`
+// on the newest backup of each source, removes what they wrote and marks
+// them failed, so maintenance queues them again. Like RecoverInterrupted
+// it is for the embedded store, where no other process can be writing.
+func (s *Service) RecoverInterruptedCopies(ctx context.Context) (int, error) {
+	cfg := s.opts.Config()
+	n := 0
+	var errs []error
+	for name, sc := range cfg.Sources {
+		b, err := s.opts.Store.LatestBackup(ctx, name, state.BackupSucceeded, state.BackupPartial)
+		if err != nil {
+			continue
+		}
+		_, copies, err := s.opts.Store.GetBackup(ctx, b.ID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, c := range copies {
+			if c.State != state.CopyWriting {
+				continue
+			}
+			if t, err := s.opts.Target(ctx, c.Target); err == nil {
+				if err := removePrefix(ctx, t, b.Source+"/"+b.ID+"/"); err != nil {
+					s.log.Warn("remove objects of an interrupted copy", "backup", b.ID, "target", c.Target, "err", err)
+				}
+			}
+			c.State, c.Error, c.FinishedAt = state.CopyFailed, "interrupted: opsd stopped during the catch-up copy", s.opts.Now().UTC()
+			if err := s.opts.Store.PutCopy(ctx, c); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			s.log.Warn("a catch-up copy was interrupted; its objects were removed and it will be made again",
+				"source", name, "type", sc.Type, "backup", b.ID, "target", c.Target)
+			n++
+		}
+	}
+	return n, errors.Join(errs...)
 }

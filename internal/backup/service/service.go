@@ -212,20 +212,23 @@ func (s *Service) Enqueue(ctx context.Context, src string) (state.Backup, error)
 	now := s.opts.Now().UTC()
 	b := state.Backup{ID: manifest.NewID(now), Source: src, Type: sc.Type, State: state.BackupQueued,
 		Actor: action.ActorFrom(ctx).String(), QueuedAt: now}
-	if err := s.opts.Store.CreateBackup(ctx, b); err != nil {
+	// The job first, the catalog row second: a crash in between leaves a
+	// job whose worker creates the row, never a row no job will work.
+	info, err := s.queue.Insert(ctx, Args{BackupID: b.ID, Source: src}, nil)
+	if err != nil {
 		return state.Backup{}, fmt.Errorf("queue backup of %s: %w", src, err)
 	}
 	failpoint.Hit("backup.enqueued")
-	info, err := s.queue.Insert(ctx, Args{BackupID: b.ID, Source: src}, nil)
-	if err != nil {
-		b.State, b.Error, b.FinishedAt = state.BackupFailed, "not queued: "+err.Error(), s.opts.Now().UTC()
-		if uerr := s.opts.Store.UpdateBackup(context.WithoutCancel(ctx), b); uerr != nil {
-			s.log.Error("record unqueued backup", "backup", b.ID, "err", uerr)
-		}
-		return state.Backup{}, fmt.Errorf("queue backup of %s: %w", src, err)
-	}
 	b.JobID = info.ID
-	if err := s.opts.Store.UpdateBackup(ctx, b); err != nil {
+	switch err := s.opts.Store.CreateBackup(ctx, b); {
+	case errors.Is(err, state.ErrConflict):
+		// The worker was quicker and made the row.
+		got, _, gerr := s.opts.Store.GetBackup(ctx, b.ID)
+		if gerr != nil {
+			return state.Backup{}, fmt.Errorf("queue backup of %s: %w", src, gerr)
+		}
+		return got, nil
+	case err != nil:
 		return state.Backup{}, fmt.Errorf("queue backup of %s: %w", src, err)
 	}
 	return b, nil
