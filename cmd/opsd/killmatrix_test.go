@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -566,70 +562,4 @@ func tempFiles(t *testing.T, dir string) []string {
 		}
 	}
 	return out
-}
-
-// startDaemonEnv is startDaemon with extra environment variables.
-func startDaemonEnv(t *testing.T, config string, wantReady bool, env ...string) *daemonProc {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	d := &daemonProc{stderr: &syncBuffer{}, notify: make(chan string, 64), exited: make(chan struct{})}
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			if _, err := conn.Read(buf); err != nil {
-				return
-			}
-		}
-	}()
-	d.cmd = exec.Command(opsdBinary(t), "serve", "--config", config)
-	d.cmd.Env = append(append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000"), env...)
-	pr, pw := io.Pipe()
-	d.cmd.Stderr = io.MultiWriter(d.stderr, pw)
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		d.exitErr = d.cmd.Wait()
-		pw.Close()
-		close(d.exited)
-	}()
-	t.Cleanup(func() {
-		_ = d.cmd.Process.Kill()
-		<-d.exited
-		if t.Failed() {
-			t.Logf("daemon log (%v):\n%s", env, d.stderr.String())
-		}
-	})
-	addrc := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			var line struct {
-				Msg    string `json:"msg"`
-				Listen string `json:"listen"`
-			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "opsd ready" {
-				select {
-				case addrc <- line.Listen:
-				default:
-				}
-			}
-		}
-	}()
-	if !wantReady {
-		return d
-	}
-	select {
-	case d.addr = <-addrc:
-	case <-d.exited:
-		t.Fatalf("daemon exited before ready: %v\n%s", d.exitErr, d.stderr.String())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("daemon not ready after 60s:\n%s", d.stderr.String())
-	}
-	return d
 }

@@ -116,6 +116,13 @@ func (s *syncBuffer) String() string {
 // waits until it is ready unless wantReady is false.
 func startDaemon(t *testing.T, config string, wantReady bool) *daemonProc {
 	t.Helper()
+	return startDaemonEnv(t, config, wantReady)
+}
+
+// startDaemonEnv is startDaemon with extra environment variables
+// ("NAME=value").
+func startDaemonEnv(t *testing.T, config string, wantReady bool, env ...string) *daemonProc {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -143,7 +150,7 @@ func startDaemon(t *testing.T, config string, wantReady bool) *daemonProc {
 	}()
 	d.cmd = exec.Command(opsdBinary(t), "serve", "--config", config)
 	// WATCHDOG_USEC turns on the systemd watchdog the way systemd does.
-	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000")
+	d.cmd.Env = append(append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000"), env...)
 	pr, pw := io.Pipe()
 	d.cmd.Stderr = io.MultiWriter(d.stderr, pw)
 	if err := d.cmd.Start(); err != nil {
@@ -158,7 +165,7 @@ func startDaemon(t *testing.T, config string, wantReady bool) *daemonProc {
 		_ = d.cmd.Process.Kill()
 		<-d.exited
 		if t.Failed() {
-			t.Logf("daemon log:\n%s", d.stderr.String())
+			t.Logf("daemon log %v:\n%s", env, d.stderr.String())
 		}
 	})
 	addrc := make(chan string, 1)
