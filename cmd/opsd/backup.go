@@ -216,5 +216,20 @@ func printBackup(e *env, b backupView, asJSON bool) error {
 		}
 		fmt.Fprintln(tw, line)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(b.Verifications) > 0 {
+		fmt.Fprintln(e.stdout, "  verifications:")
+		tw = tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		for _, v := range b.Verifications {
+			result := "ok"
+			if !v.OK {
+				result = "FAILED " + v.Error
+			}
+			fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\n", v.FinishedAt, v.Target, v.Level, result)
+		}
+		return tw.Flush()
+	}
+	return nil
 }
