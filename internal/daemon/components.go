@@ -181,8 +181,11 @@ func (e engineAdapter) Reconfigure(ctx context.Context, cfg *config.Config) erro
 	return e.ReplacePeriodic(periodicJobs(cfg))
 }
 
-// periodicJobs are the config's schedules: one backup job per source.
-func periodicJobs(cfg *config.Config) []jobs.Periodic { return service.Periodic(cfg) }
+// periodicJobs are the config's schedules: backups and verifications per
+// source, and runbooks.schedules.
+func periodicJobs(cfg *config.Config) []jobs.Periodic {
+	return append(service.Periodic(cfg), drillSchedules(cfg)...)
+}
 
 func openJobs(ctx context.Context, cfg *config.Config, store state.Store, d *action.Dispatcher, workers *river.Workers, replica string, log *slog.Logger) (*jobs.Engine, error) {
 	eng, err := jobs.New(ctx, store, jobs.Options{

@@ -191,6 +191,9 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 	if err := d.backups.Register(workers); err != nil {
 		return fmt.Errorf("backup service: %w", err)
 	}
+	if err := river.AddWorkerSafely(workers, &drillWorker{d: d}); err != nil {
+		return fmt.Errorf("drill schedules: %w", err)
+	}
 	eng, err := openJobs(ctx, cfg, d.store, d.dispatch, workers, d.replicaID, d.log)
 	if err != nil {
 		return fmt.Errorf("open job engine: %w", err)
