@@ -192,7 +192,9 @@ func measure(rep *Report, data runData) {
 		rep.RTO = m
 	}
 	if rep.Backup != nil && !rep.Backup.SnapshotTime.IsZero() {
-		m := &Measure{Seconds: rep.DisruptionStart.Sub(rep.Backup.SnapshotTime).Seconds(),
+		// A drill that takes its own backup after the disruption point
+		// restores data newer than it: nothing was lost, RPO 0.
+		m := &Measure{Seconds: max(0, rep.DisruptionStart.Sub(rep.Backup.SnapshotTime).Seconds()),
 			ObjectiveSeconds: data.RPOObjective, From: rep.Backup.SnapshotTime, To: rep.DisruptionStart}
 		if data.RPOObjective > 0 {
 			met := m.Seconds <= data.RPOObjective
