@@ -62,10 +62,12 @@ func newLane(ctx context.Context, target string, maxMem int64, spoolDir string, 
 
 // push queues c (shared, read-only) unless the lane is dead, and takes
 // over one of its references. It blocks on the consumer only when it can
-// neither queue nor spill, and then for at most l.stall.
-func (l *lane) push(c *chunk) {
+// neither queue nor spill, and then for at most l.stall. It reports
+// whether the lane is still alive afterwards.
+func (l *lane) push(c *chunk) (alive bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	defer func() { alive = !l.dead }() // runs first, under the lock
 	if l.dead || l.closed {
 		c.release()
 		return
@@ -113,6 +115,7 @@ func (l *lane) push(c *chunk) {
 	l.wOff += int64(len(p))
 	l.spilled += int64(len(p))
 	l.cond.Broadcast()
+	return
 }
 
 // waitLocked waits until ok(), the lane dies or l.stall passes.
@@ -215,12 +218,6 @@ func (l *lane) failLocked(err error) {
 	l.cond.Broadcast()
 }
 
-func (l *lane) alive() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return !l.dead
-}
-
 func (l *lane) reason() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -265,8 +262,7 @@ func (f *fanout) Write(p []byte) (int, error) {
 	f.n += int64(len(p))
 	live := 0
 	for _, l := range f.lanes {
-		l.push(c)
-		if l.alive() {
+		if l.push(c) {
 			live++
 		}
 	}

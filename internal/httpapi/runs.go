@@ -223,13 +223,7 @@ func (s *Server) handleStartRun(w http.ResponseWriter, r *http.Request) {
 		s.runError(w, r, "start run", err)
 		return
 	}
-	v, err := runs.Get(r.Context(), id)
-	if err != nil {
-		s.runError(w, r, "get run", err)
-		return
-	}
-	w.Header().Set("Location", "/api/v1/runs/"+id)
-	writeJSON(w, http.StatusAccepted, v)
+	s.answerRun(w, r, runs, id)
 }
 
 func (s *Server) handleListRuns(w http.ResponseWriter, r *http.Request) {
@@ -325,8 +319,8 @@ func (s *Server) handleCancelRun(w http.ResponseWriter, r *http.Request) {
 	s.answerRun(w, r, runs, id)
 }
 
-// answerRun answers a decision with the run as it is now (202: the
-// engine acts on it asynchronously).
+// answerRun answers a start or a decision with the run as it is now (202:
+// the engine acts on it asynchronously).
 func (s *Server) answerRun(w http.ResponseWriter, r *http.Request, runs Runs, id string) {
 	v, err := runs.Get(r.Context(), id)
 	if err != nil {

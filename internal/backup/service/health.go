@@ -43,15 +43,20 @@ type lockState struct {
 	enforced map[string]lockprobe.Result
 }
 
-func (l *lockState) get(target string) *bool {
+func (l *lockState) find(target string) (lockprobe.Result, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r, ok := l.enforced[target]
+	return r, ok
+}
+
+// get is the finding as compliance takes it: nil while unknown.
+func (l *lockState) get(target string) *bool {
+	r, ok := l.find(target)
 	if !ok {
 		return nil
 	}
-	v := r.Enforced
-	return &v
+	return &r.Enforced
 }
 
 func (l *lockState) set(target string, r lockprobe.Result) {
@@ -65,10 +70,7 @@ func (l *lockState) set(target string, r lockprobe.Result) {
 
 // LockFinding reports a target's latest canary result.
 func (s *Service) LockFinding(target string) (lockprobe.Result, bool) {
-	s.locks.mu.Lock()
-	defer s.locks.mu.Unlock()
-	r, ok := s.locks.enforced[target]
-	return r, ok
+	return s.locks.find(target)
 }
 
 // Health grades source now.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"filippo.io/age"
@@ -269,11 +270,8 @@ func (s *Service) restoreCheck(ctx context.Context, b state.Backup, copies []sta
 // restoreTool derives pg_restore's path from a configured pg_dump path
 // (same directory); "" lets the finder match the server's version.
 func restoreTool(pgDump string) string {
-	if pgDump == "" || pgDump == "pg_dump" {
-		return ""
-	}
-	dir := pgDump[:len(pgDump)-len("pg_dump")]
-	if len(pgDump) < len("pg_dump") || pgDump[len(dir):] != "pg_dump" {
+	dir, ok := strings.CutSuffix(pgDump, "pg_dump")
+	if !ok || dir == "" {
 		return ""
 	}
 	return dir + "pg_restore"
