@@ -58,6 +58,9 @@ type Server struct {
 	RateLimit         RateLimit     `yaml:"rate_limit"`
 	ShutdownGrace     time.Duration `yaml:"shutdown_grace"` // default 30s
 	Log               Log           `yaml:"log"`
+	// ExternalURL is how users reach this opsd (behind a proxy, say);
+	// notifications link to it. Default: http(s)://<listen>.
+	ExternalURL string `yaml:"external_url"`
 }
 
 // TLS enables HTTPS; with ClientCAFile set, clients must present a
@@ -367,18 +370,64 @@ type Plugins struct {
 // Alerts configures rule evaluation and notification, in Prometheus and
 // Alertmanager terms.
 type Alerts struct {
-	Datasources  map[string]*Datasource `yaml:"datasources"`
-	RuleFiles    []string               `yaml:"rule_files"` // globs
-	Builtin      map[string]*Builtin    `yaml:"builtin"`
-	Route        *Route                 `yaml:"route"`
-	InhibitRules []InhibitRule          `yaml:"inhibit_rules"`
-	Receivers    map[string]*Receiver   `yaml:"receivers"`
+	Datasources map[string]*Datasource `yaml:"datasources"`
+	RuleFiles   []string               `yaml:"rule_files"` // globs
+	// RuleDatasource names the datasource rule_files are evaluated
+	// against; empty means the only datasource, or opsd's local TSDB
+	// when there is none.
+	RuleDatasource string `yaml:"rule_datasource"`
+	// EvaluationInterval of rule groups that set no interval (default 15s).
+	EvaluationInterval time.Duration        `yaml:"evaluation_interval"`
+	Builtin            map[string]*Builtin  `yaml:"builtin"`
+	Route              *Route               `yaml:"route"`
+	InhibitRules       []InhibitRule        `yaml:"inhibit_rules"`
+	Receivers          map[string]*Receiver `yaml:"receivers"`
+	// DrillSilences silences the alerts of a source while a drill runs
+	// on it (default true).
+	DrillSilences *bool `yaml:"drill_silences"`
+	// Heartbeat is the dead man's switch: a request to an external URL
+	// every interval while opsd is healthy.
+	Heartbeat *Heartbeat `yaml:"heartbeat"`
 }
 
 // Datasource is a Prometheus-compatible query API.
 type Datasource struct {
 	Type string `yaml:"type"` // prometheus (the default)
 	URL  string `yaml:"url"`
+	// At most one of bearer_token, bearer_token_file, basic_auth.
+	BearerToken     Secret            `yaml:"bearer_token"`
+	BearerTokenFile string            `yaml:"bearer_token_file"`
+	BasicAuth       *BasicAuth        `yaml:"basic_auth"`
+	Headers         map[string]Secret `yaml:"headers"`
+	TLS             *ClientTLS        `yaml:"tls"`
+	Timeout         time.Duration     `yaml:"timeout"` // one query; default 2m
+}
+
+// BasicAuth is HTTP basic authentication; one of Password, PasswordFile.
+type BasicAuth struct {
+	Username     string `yaml:"username"`
+	Password     Secret `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// ClientTLS configures a TLS client: the CA to trust, an optional client
+// certificate (both cert_file and key_file), the name to verify.
+type ClientTLS struct {
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Heartbeat pings an external dead man's switch (healthchecks.io, a
+// PagerDuty heartbeat, a webhook) so someone learns when opsd is down.
+// Exactly one of URL, URLFile.
+type Heartbeat struct {
+	URL      Secret        `yaml:"url"`
+	URLFile  string        `yaml:"url_file"`
+	Interval time.Duration `yaml:"interval"` // default 1m
+	Method   string        `yaml:"method"`   // GET or POST (default)
 }
 
 // Builtin tunes one of opsd's built-in alert rules.
@@ -451,6 +500,10 @@ type Webhook struct {
 	URL       Secret `yaml:"url"`
 	URLFile   string `yaml:"url_file"`
 	MaxAlerts int    `yaml:"max_alerts"` // 0 = all
+	// SigningSecret (or the file holding it) signs each body with
+	// HMAC-SHA256 in the X-Opsd-Signature header; at most one is set.
+	SigningSecret     Secret `yaml:"signing_secret"`
+	SigningSecretFile string `yaml:"signing_secret_file"`
 }
 
 // Cost configures cost tracking.

@@ -86,6 +86,7 @@ func TestLoadMinimal(t *testing.T) {
 			Encryption:  &Encryption{None: true},
 			Compression: Compression{ZstdLevel: 3},
 		}},
+		Alerts: Alerts{EvaluationInterval: 15 * time.Second, DrillSilences: ptr(true)},
 		Cost: Cost{Currency: "USD", Prices: "builtin"},
 		File: "testdata/good/minimal.yaml",
 	}
@@ -242,10 +243,16 @@ func TestLoadFull(t *testing.T) {
 		},
 		Alerts: Alerts{
 			Datasources: map[string]*Datasource{
-				"prom":   {Type: "prometheus", URL: "http://127.0.0.1:9090"},
-				"thanos": {Type: "prometheus", URL: "https://thanos.internal/"},
+				"prom": {Type: "prometheus", URL: "http://127.0.0.1:9090", Timeout: 2 * time.Minute},
+				"thanos": {Type: "prometheus", URL: "https://thanos.internal/", BearerTokenFile: dir + "/files/slack-token",
+					Headers: map[string]Secret{"X-Scope-OrgID": "team-a"}, Timeout: 30 * time.Second,
+					TLS: &ClientTLS{CAFile: dir + "/files/ca.pem", CertFile: dir + "/files/cert.pem", KeyFile: dir + "/files/key.pem"}},
 			},
-			RuleFiles: []string{"/etc/opsd/rules/*.yaml", dir + "/rules/extra.yaml"},
+			RuleFiles:          []string{"/etc/opsd/rules/*.yaml", dir + "/rules/extra.yaml"},
+			RuleDatasource:     "prom",
+			EvaluationInterval: 30 * time.Second,
+			DrillSilences:      ptr(false),
+			Heartbeat:          &Heartbeat{URLFile: dir + "/files/webhook-url", Interval: 30 * time.Second, Method: "POST"},
 			Builtin: map[string]*Builtin{
 				"backup_stale":     {For: 10 * time.Minute},
 				"drill_failed":     {Severity: "page", Labels: map[string]string{"team": "sre"}},
@@ -275,7 +282,7 @@ func TestLoadFull(t *testing.T) {
 						Smarthost: "smtp.example.com:587", AuthUsername: "opsd-smtp",
 						AuthPasswordFile: dir + "/files/smtp-password", RequireTLS: ptr(true)},
 				},
-				"chat": {Webhook: &Webhook{URL: "https://hooks.example.com/x", MaxAlerts: 10}},
+				"chat": {Webhook: &Webhook{URL: "https://hooks.example.com/x", MaxAlerts: 10, SigningSecretFile: dir + "/files/smtp-password"}},
 				"email-only": {Email: &Email{To: []string{"db@example.com"}, From: "opsd@example.com",
 					Smarthost: "localhost:25", RequireTLS: ptr(false)}},
 				"hook-file": {

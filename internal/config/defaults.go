@@ -77,6 +77,21 @@ func (l *loader) applyDefaults(c *Config) {
 	}
 	for name, ds := range c.Alerts.Datasources {
 		setString(joinKey("alerts.datasources", name)+".type", &ds.Type, "prometheus")
+		setDuration(joinKey("alerts.datasources", name)+".timeout", &ds.Timeout, 2*time.Minute)
+	}
+	setDuration("alerts.evaluation_interval", &c.Alerts.EvaluationInterval, 15*time.Second)
+	if c.Alerts.DrillSilences == nil {
+		yes := true
+		c.Alerts.DrillSilences = &yes
+	}
+	if hb := c.Alerts.Heartbeat; hb != nil {
+		setDuration("alerts.heartbeat.interval", &hb.Interval, time.Minute)
+		setString("alerts.heartbeat.method", &hb.Method, "POST")
+	}
+	if c.Alerts.RuleDatasource == "" && len(c.Alerts.Datasources) == 1 {
+		for name := range c.Alerts.Datasources {
+			c.Alerts.RuleDatasource = name
+		}
 	}
 	for _, r := range c.Alerts.Receivers {
 		if r.Email != nil && r.Email.RequireTLS == nil {
@@ -154,7 +169,22 @@ func (l *loader) resolvePaths(c *Config) {
 		}
 		if rc.Webhook != nil {
 			r(&rc.Webhook.URLFile)
+			r(&rc.Webhook.SigningSecretFile)
 		}
+	}
+	for _, ds := range c.Alerts.Datasources {
+		r(&ds.BearerTokenFile)
+		if ds.BasicAuth != nil {
+			r(&ds.BasicAuth.PasswordFile)
+		}
+		if t := ds.TLS; t != nil {
+			r(&t.CAFile)
+			r(&t.CertFile)
+			r(&t.KeyFile)
+		}
+	}
+	if hb := c.Alerts.Heartbeat; hb != nil {
+		r(&hb.URLFile)
 	}
 	if c.Cost.Prices != BuiltinPrices {
 		r(&c.Cost.Prices)

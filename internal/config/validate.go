@@ -285,6 +285,9 @@ func (l *loader) validateServer(c *Config) {
 	} {
 		l.positive("server."+d.key, d.v)
 	}
+	if s.ExternalURL != "" {
+		l.httpURL("server.external_url", s.ExternalURL)
+	}
 	l.oneOf("server.log.level", s.Log.Level, logLevels)
 	l.oneOf("server.log.format", s.Log.Format, logFormats)
 }
@@ -732,6 +735,31 @@ func (l *loader) validateAlerts(c *Config) {
 		if l.require(p, "url", ds.URL == "") {
 			l.httpURL(p+".url", ds.URL)
 		}
+		auth := 0
+		for _, k := range []string{"bearer_token", "bearer_token_file", "basic_auth"} {
+			if l.isSet(p + "." + k) {
+				auth++
+			}
+		}
+		if auth > 1 {
+			l.errKey(p, "set at most one of bearer_token, bearer_token_file, basic_auth")
+		}
+		l.fileExists(p+".bearer_token_file", ds.BearerTokenFile)
+		if ba := ds.BasicAuth; ba != nil {
+			bp := p + ".basic_auth"
+			l.require(bp, "username", ba.Username == "")
+			if l.isSet(bp+".password") && l.isSet(bp+".password_file") {
+				l.errKey(bp, "set either password or password_file, not both")
+			}
+			l.fileExists(bp+".password_file", ba.PasswordFile)
+		}
+		for _, h := range slices.Sorted(maps.Keys(ds.Headers)) {
+			if !httpHeaderRE.MatchString(h) {
+				l.errKey(joinKey(p+".headers", h), "invalid HTTP header name %q", h)
+			}
+		}
+		l.clientTLS(p+".tls", ds.TLS)
+		l.positive(p+".timeout", float64(ds.Timeout))
 	}
 	for i, g := range a.RuleFiles {
 		p := joinIndex("alerts.rule_files", i)
@@ -739,8 +767,21 @@ func (l *loader) validateAlerts(c *Config) {
 			l.errPath(p, "invalid glob %s", l.show(p, g))
 		}
 	}
-	if len(a.RuleFiles) > 0 && len(a.Datasources) == 0 && !l.isBad("alerts.datasources") {
-		l.errKey("alerts.rule_files", "rule files need a datasource to query (alerts.datasources)")
+	if a.RuleDatasource != "" && a.Datasources[a.RuleDatasource] == nil {
+		l.errPath("alerts.rule_datasource", "unknown datasource %q%s", a.RuleDatasource, suggest(a.RuleDatasource, slices.Sorted(maps.Keys(a.Datasources))))
+	}
+	if a.RuleDatasource == "" && len(a.Datasources) > 1 && len(a.RuleFiles) > 0 {
+		l.errKey("alerts", "several datasources: say which one rule_files query with rule_datasource")
+	}
+	l.positive("alerts.evaluation_interval", float64(a.EvaluationInterval))
+	if hb := a.Heartbeat; hb != nil {
+		hp := "alerts.heartbeat"
+		if l.exactlyOne(hp, "url", "url_file") && hb.URL != "" {
+			l.httpURL(hp+".url", string(hb.URL))
+		}
+		l.fileExists(hp+".url_file", hb.URLFile)
+		l.positive(hp+".interval", float64(hb.Interval))
+		l.oneOf(hp+".method", hb.Method, []string{"GET", "POST"})
 	}
 	for _, name := range slices.Sorted(maps.Keys(a.Builtin)) {
 		p := joinKey("alerts.builtin", name)
@@ -799,6 +840,22 @@ func (l *loader) validateRoute(p string, r *Route, exists func(string) bool) {
 		}
 	}
 }
+
+// clientTLS checks a TLS client block: files exist, cert and key come
+// together.
+func (l *loader) clientTLS(p string, t *ClientTLS) {
+	if t == nil {
+		return
+	}
+	l.fileExists(p+".ca_file", t.CAFile)
+	l.fileExists(p+".cert_file", t.CertFile)
+	l.fileExists(p+".key_file", t.KeyFile)
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		l.errKey(p, "cert_file and key_file go together")
+	}
+}
+
+var httpHeaderRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 func (l *loader) matchers(p string, ms []string) {
 	for i, m := range ms {
@@ -868,6 +925,10 @@ func (l *loader) validateReceiver(p string, r *Receiver) {
 			l.httpURL(wp+".url", string(w.URL))
 		}
 		l.fileExists(wp+".url_file", w.URLFile)
+		if l.isSet(wp+".signing_secret") && l.isSet(wp+".signing_secret_file") {
+			l.errKey(wp, "set either signing_secret or signing_secret_file, not both")
+		}
+		l.fileExists(wp+".signing_secret_file", w.SigningSecretFile)
 		if w.MaxAlerts < 0 {
 			l.errPath(wp+".max_alerts", "must not be negative")
 		}

@@ -127,7 +127,10 @@ func newWebhook(receiver string, c *config.Webhook, d Deps, secret config.Secret
 		}
 		w.redact.addURL(string(c.URL))
 	}
-	w.redact.add(string(secret))
+	if w.secret == "" {
+		w.secret = c.SigningSecret
+	}
+	w.redact.add(string(w.secret))
 	return w, nil
 }
 
@@ -139,11 +142,18 @@ func (w *webhookNotifier) Notify(ctx context.Context, n *Notification) (bool, er
 	// A URL read from a file is only known now.
 	red := w.redact.clone()
 	red.addURL(raw)
-	retry, err := w.notify(ctx, n, raw)
+	secret := string(w.secret)
+	if w.conf.SigningSecretFile != "" {
+		if secret, err = readSecret("", w.conf.SigningSecretFile); err != nil {
+			return false, red.err(fmt.Errorf("read webhook signing_secret_file: %w", err))
+		}
+		red.add(secret)
+	}
+	retry, err := w.notify(ctx, n, raw, secret)
 	return retry, red.err(err)
 }
 
-func (w *webhookNotifier) notify(parent context.Context, n *Notification, raw string) (bool, error) {
+func (w *webhookNotifier) notify(parent context.Context, n *Notification, raw, secret string) (bool, error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return false, errors.New("webhook URL is not an http(s) URL")
@@ -160,8 +170,8 @@ func (w *webhookNotifier) notify(parent context.Context, n *Notification, raw st
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", w.userAgent)
-	if w.secret != "" {
-		req.Header.Set(SignatureHeader, Sign([]byte(w.secret), body))
+	if secret != "" {
+		req.Header.Set(SignatureHeader, Sign([]byte(secret), body))
 	}
 	dest := redactURL(raw)
 	resp, err := w.client.Do(req)

@@ -348,3 +348,45 @@ func errorChain(err error) []error {
 	walk(err)
 	return out
 }
+
+// The signing secret comes from the config (inline or a file read at each
+// send, so a rotated secret applies without a reload).
+func TestWebhookSigningSecretFromConfig(t *testing.T) {
+	srv, reqs := newWebhookServer(t, nil)
+	file := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(file, []byte("s3cret-one\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fromFile, err := New("chat", config.Receiver{Webhook: &config.Webhook{URL: config.Secret(srv.URL), SigningSecretFile: file}}, Deps{HTTPClient: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inline, err := New("chat", config.Receiver{Webhook: &config.Webhook{URL: config.Secret(srv.URL), SigningSecret: "inline-secret"}}, Deps{HTTPClient: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(r *Receiver) {
+		t.Helper()
+		if _, err := r.Notify(context.Background(), firing(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(fromFile)
+	if err := os.WriteFile(file, []byte("s3cret-two"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	send(fromFile)
+	send(inline)
+	got := reqs()
+	for i, secret := range []string{"s3cret-one", "s3cret-two", "inline-secret"} {
+		if h, want := got[i].Header.Get(SignatureHeader), Sign([]byte(secret), got[i].Body); h != want {
+			t.Errorf("request %d: %s = %q, want HMAC under %q (%s)", i, SignatureHeader, h, secret, want)
+		}
+	}
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	if retry, err := fromFile.Notify(context.Background(), firing(1)); err == nil || retry {
+		t.Errorf("Notify with the secret file gone = %v, %v; want a non-retryable error", retry, err)
+	}
+}
