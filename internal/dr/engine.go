@@ -95,6 +95,49 @@ type Config struct {
 	Logger *slog.Logger
 	// NewID makes run IDs; nil: time-sortable IDs like backups'.
 	NewID func(now time.Time) string
+	// Hooks let other subsystems follow runs (alert silencing during
+	// drills, say); both are optional.
+	Hooks Hooks
+}
+
+// Hooks are called as runs start and end. They run on the run's own
+// goroutine, so they must return quickly; a panic in one is logged and
+// does not stop the run.
+type Hooks struct {
+	// OnRunStart is called once each time an engine starts executing a
+	// run: when it is started, and again when a later engine resumes it
+	// after a restart (RunInfo.Resumed). Dry runs execute nothing and are
+	// not reported.
+	OnRunStart func(ctx context.Context, run RunInfo)
+	// OnRunEnd is called once when a run has ended and its final state is
+	// journaled, including a run that fails at resume because its runbook
+	// is gone or changed (then without an OnRunStart in this process, and
+	// with only what the journal holds). A run left for resume when the
+	// engine stops has not ended: no OnRunEnd.
+	OnRunEnd func(ctx context.Context, run RunInfo)
+}
+
+// RunInfo describes a run to Hooks.
+type RunInfo struct {
+	ID      string
+	Runbook string
+	// Mode is runbook.ModeDrill or runbook.ModeLive.
+	Mode string
+	// Sources are the backup sources the runbook's backup.* steps (and
+	// their compensations) name in with.source, sorted, each once: the
+	// literal ones and those that only read parameters. A source chosen
+	// from a step's outputs cannot be known at start and is not listed.
+	Sources []string
+	// Actor is who started the run.
+	Actor     string
+	StartedAt time.Time
+	// Resumed: OnRunStart for a run resumed after a restart.
+	Resumed bool
+	// State is the final state (OnRunEnd only): succeeded, failed or
+	// cancelled; Error says why a run did not succeed.
+	State      string
+	Error      string
+	FinishedAt time.Time
 }
 
 // Engine runs runbooks. Create it with New, start it with Run (an actor of
@@ -241,6 +284,9 @@ type activeRun struct {
 	red    *redactor
 	cancel context.CancelCauseFunc
 	done   chan struct{}
+	// resumed: this engine took the run over from the journal.
+	resumed bool
+	sources []string // for Hooks
 
 	// jmu serialises journal writes of this run with the publication of
 	// their events, so subscribers see events in sequence order.
@@ -357,6 +403,7 @@ func (e *Engine) Start(ctx context.Context, rb *runbook.Runbook, params map[stri
 	}
 	r.Version = 1
 	a := e.newActive(r, rb, typed, red, data)
+	a.sources = touchedSources(rb, typed, mode)
 	e.publish(r.ID, []state.RunEvent{{Seq: 1, Time: now, Type: "run", State: r.State,
 		Message: fmt.Sprintf("%s run of %s started by %s", mode, rb.Name, actor)}})
 	e.launch(a)
@@ -384,6 +431,7 @@ func (e *Engine) launch(a *activeRun) {
 		defer e.wg.Done()
 		defer close(a.done)
 		defer cancel(nil)
+		e.hookStart(ctx, a)
 		e.execute(ctx, a)
 		e.mu.Lock()
 		delete(e.active, a.id)
@@ -558,6 +606,8 @@ func (e *Engine) resumeOne(ctx context.Context, r state.Run) error {
 		return fmt.Errorf("resume run %s: %w", r.ID, err)
 	}
 	a := e.newActive(r, rb, typed, newRedactor(rb.Secrets(typed)), data)
+	a.resumed = true
+	a.sources = touchedSources(rb, typed, r.Mode)
 	for i := range steps {
 		st := steps[i]
 		a.steps[stepKey{st.StepID, st.Phase}] = &st
@@ -594,6 +644,8 @@ func (e *Engine) failResumed(ctx context.Context, r state.Run, reason string) er
 	ev.Seq = seq
 	e.publish(r.ID, []state.RunEvent{ev})
 	e.logger.WarnContext(ctx, "run cannot resume", "run", r.ID, "runbook", r.Runbook, "err", reason)
+	e.callHook(ctx, "OnRunEnd", e.cfg.Hooks.OnRunEnd, RunInfo{ID: r.ID, Runbook: r.Runbook, Mode: r.Mode,
+		Actor: r.Actor, StartedAt: r.StartedAt, Resumed: true, State: state.RunFailed, Error: reason, FinishedAt: now})
 	return nil
 }
 
@@ -666,12 +718,14 @@ func (e *Engine) Cancel(ctx context.Context, runID string, actor Actor, comment 
 	return nil
 }
 
-// Approve approves an approval step that is waiting.
+// Approve approves an approval step that is waiting. On a step the run
+// waits for an operator on (waiting_operator) it is RetryStep.
 func (e *Engine) Approve(ctx context.Context, runID, stepID string, actor Actor, comment string) error {
 	return e.decide(ctx, runID, stepID, actor, comment, true)
 }
 
-// Reject rejects an approval step that is waiting; the step fails.
+// Reject rejects an approval step that is waiting; the step fails. On a
+// step the run waits for an operator on (waiting_operator) it is SkipStep.
 func (e *Engine) Reject(ctx context.Context, runID, stepID string, actor Actor, comment string) error {
 	return e.decide(ctx, runID, stepID, actor, comment, false)
 }
@@ -684,6 +738,15 @@ func (e *Engine) decide(ctx context.Context, runID, stepID string, actor Actor, 
 	a, ok := e.lookupActive(runID)
 	if !ok {
 		return fmt.Errorf("%s %s/%s: %w", verb, runID, stepID, ErrNotActive)
+	}
+	a.mu.Lock()
+	w := a.data.Waiting
+	a.mu.Unlock()
+	if w != nil && w.StepID == stepID {
+		// The step was in flight at a crash and is not idempotent: approving
+		// it runs it again, rejecting it skips it (the API's approve and
+		// reject routes are the operator's retry and skip).
+		return e.operatorDecision(ctx, runID, stepID, actor, comment, map[bool]string{true: "retry", false: "skip"}[approve])
 	}
 	approvers, waiting := e.approversFor(a, stepID)
 	if !waiting {

@@ -75,6 +75,7 @@ type harness struct {
 	books   map[string]*runbook.Runbook
 	sealer  dr.Sealer
 	metrics *dr.Metrics
+	hooks   dr.Hooks
 	logs    *syncBuffer
 	logger  *slog.Logger
 	e       *dr.Engine
@@ -104,7 +105,7 @@ func (h *harness) start(rbs ...*runbook.Runbook) *dr.Engine {
 		h.books[rb.Name] = rb
 	}
 	e, err := dr.New(dr.Config{Store: h.store, Actions: h.reg, Sealer: h.sealer, Metrics: h.metrics, Logger: h.logger,
-		Lookup: func(name string) (*runbook.Runbook, bool) { rb, ok := h.books[name]; return rb, ok }})
+		Hooks: h.hooks, Lookup: func(name string) (*runbook.Runbook, bool) { rb, ok := h.books[name]; return rb, ok }})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/opsd-dev/opsd/internal/dr/runbook"
+	"github.com/opsd-dev/opsd/internal/failpoint"
 	"github.com/opsd-dev/opsd/internal/state"
 )
 
@@ -53,6 +54,7 @@ func phaseCtx(ctx context.Context) context.Context {
 type engineCtxKey struct{}
 
 func (e *Engine) executePhases(ctx context.Context, a *activeRun) error {
+	failpoint.Hit("dr.run-started")
 	a.mu.Lock()
 	phase := a.data.Phase
 	a.mu.Unlock()
@@ -132,10 +134,27 @@ func (e *Engine) executePhases(ctx context.Context, a *activeRun) error {
 }
 
 func (e *Engine) setPhase(ctx context.Context, a *activeRun, phase string) error {
-	return e.updateRun(phaseCtx(ctx), a, func(r *state.Run, d *runData) error {
+	err := e.updateRun(phaseCtx(ctx), a, func(r *state.Run, d *runData) error {
 		d.Phase = phase
 		return nil
 	}, state.RunEvent{Time: state.Timestamp(e.clock.Now()), Type: "phase", State: phase})
+	if err == nil {
+		failpoint.Hit("dr.phase")
+	}
+	return err
+}
+
+// stepPoint names a step's failpoint (internal/failpoint, the kill -9
+// matrix of docs/RESILIENCE.md): dr.step-WHAT for main steps,
+// dr.compensation-WHAT and dr.finally-WHAT for the other two kinds.
+func stepPoint(s *runbook.Step, phase, what string) string {
+	switch {
+	case phase == state.PhaseCompensate:
+		return "dr.compensation-" + what
+	case s.Finally:
+		return "dr.finally-" + what
+	}
+	return "dr.step-" + what
 }
 
 // compensationOrder returns the steps to compensate: the completed steps
@@ -271,6 +290,7 @@ func (e *Engine) runStep(ctx context.Context, a *activeRun, s *runbook.Step, pha
 			State: state.StepRunning, Message: msg, Data: mustJSON(map[string]any{"phase": phase, "attempt": st.Attempts})}); err != nil {
 			return false, err
 		}
+		failpoint.Hit(stepPoint(s, phase, "running"))
 		var outputs map[string]any
 		err := renderErr
 		if err == nil {
@@ -290,6 +310,8 @@ func (e *Engine) runStep(ctx context.Context, a *activeRun, s *runbook.Step, pha
 			}
 			cancel()
 		}
+		// The action has done its work; nothing of it is journaled yet.
+		failpoint.Hit(stepPoint(s, phase, "ran"))
 		if e.stopping(ctx) {
 			// What a kill would leave: the attempt stays "running".
 			return false, errAbandoned
@@ -327,6 +349,7 @@ func (e *Engine) runStep(ctx context.Context, a *activeRun, s *runbook.Step, pha
 				st.Attempts, st.Error, delay)}); err != nil {
 			return false, err
 		}
+		failpoint.Hit("dr.retry-backoff")
 		select {
 		case <-e.clock.After(delay):
 		case <-ctx.Done():
@@ -361,8 +384,12 @@ func (e *Engine) endStep(ctx context.Context, a *activeRun, s *runbook.Step, st 
 	if reason != "" {
 		msg += ": " + reason
 	}
-	return e.putStep(phaseCtx(ctx), a, *st, state.RunEvent{Time: now, Type: "step", StepID: s.ID, State: final,
+	err := e.putStep(phaseCtx(ctx), a, *st, state.RunEvent{Time: now, Type: "step", StepID: s.ID, State: final,
 		Message: msg, Data: mustJSON(map[string]any{"phase": st.Phase})})
+	if err == nil {
+		failpoint.Hit(stepPoint(s, st.Phase, "ended"))
+	}
+	return err
 }
 
 // markCompensated sets a step whose compensation succeeded to compensated.
@@ -404,6 +431,7 @@ func (e *Engine) waitOperator(ctx context.Context, a *activeRun, stepID, phase s
 		if err != nil {
 			return "", err
 		}
+		failpoint.Hit("dr.operator-waiting")
 	}
 	for !decided {
 		wake := a.wakeCh()
@@ -460,6 +488,7 @@ func (g *gate) waitDecision(ctx context.Context, sc *StepContext, approvers []st
 		if err != nil {
 			return Decision{}, err
 		}
+		failpoint.Hit("dr.approval-waiting")
 	}
 	for !decided {
 		wake := a.wakeCh()
@@ -535,6 +564,8 @@ func (e *Engine) finish(ctx context.Context, a *activeRun) error {
 		}
 	}
 	a.mu.Unlock()
+	// Every step has ended; the run's end is not journaled.
+	failpoint.Hit("dr.run-finishing")
 	now := state.Timestamp(e.clock.Now())
 	err := e.updateRun(ctx, a, func(r *state.Run, data *runData) error {
 		r.State, r.FinishedAt, r.Error = final, now, reason
@@ -551,6 +582,9 @@ func (e *Engine) finish(ctx context.Context, a *activeRun) error {
 		}
 	}
 	e.logger.InfoContext(ctx, "run ended", "run", a.id, "runbook", a.rb.Name, "state", final)
+	// Before the subscribers learn of the end, so that whoever waits for
+	// the run finds the hook called.
+	e.hookEnd(ctx, a)
 	e.closeSubs(a.id)
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/opsd-dev/opsd/internal/audit"
 	"github.com/opsd-dev/opsd/internal/dr/runbook"
 	"github.com/opsd-dev/opsd/internal/state"
 )
@@ -32,10 +33,14 @@ const (
 
 // AuditRanger gives the audit log's index range of entries written between
 // two times and a signed checkpoint covering them; the daemon's audit log
-// implements it.
+// implements it. It returns an error wrapping ErrNoAuditEntries when no
+// entry lies between the times: the report then has no audit range.
 type AuditRanger interface {
 	AuditRange(ctx context.Context, start, end time.Time) (first, last int64, checkpoint string, err error)
 }
+
+// ErrNoAuditEntries: the audit log holds no entry for a run's time span.
+var ErrNoAuditEntries = errors.New("no audit entries in the run's time span")
 
 // Report is the evidence of one run (SPEC §4 GET /runs/{id}/report).
 type Report struct {
@@ -112,7 +117,10 @@ func (e *Engine) Report(ctx context.Context, id string) (*Report, error) {
 			end = rep.GeneratedAt
 		}
 		first, last, cp, err := e.cfg.Audit.AuditRange(ctx, rep.StartedAt, end)
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrNoAuditEntries):
+			return rep, nil
+		case err != nil:
 			return nil, fmt.Errorf("report %s: audit range: %w", id, err)
 		}
 		rep.Audit = &AuditSpan{First: first, Last: last, Checkpoint: cp}
@@ -291,6 +299,17 @@ func VerifyReport(data []byte, verifier note.Verifier) (*Report, error) {
 	}
 	if rep.Format != ReportFormat {
 		return nil, fmt.Errorf("verify report: format %q, want %q", rep.Format, ReportFormat)
+	}
+	if a := rep.Audit; a != nil && a.Checkpoint != "" {
+		// The checkpoint is signed with the same audit key; it must cover
+		// the range the report names.
+		c, err := audit.OpenCheckpoint([]byte(a.Checkpoint), verifier)
+		if err != nil {
+			return nil, fmt.Errorf("verify report: audit checkpoint: %w", err)
+		}
+		if a.First < 0 || a.Last < a.First || c.Size <= a.Last {
+			return nil, fmt.Errorf("verify report: audit checkpoint of %d entries does not cover entries %d..%d", c.Size, a.First, a.Last)
+		}
 	}
 	return &rep, nil
 }

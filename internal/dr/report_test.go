@@ -3,6 +3,7 @@ package dr_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/opsd-dev/opsd/internal/audit"
 	"github.com/opsd-dev/opsd/internal/dr"
 	"github.com/opsd-dev/opsd/internal/signing"
 	"github.com/opsd-dev/opsd/internal/state"
@@ -205,6 +207,12 @@ func (fakeAudit) AuditRange(_ context.Context, start, end time.Time) (int64, int
 	return 41, 57, "opsd.test/log\n58\nAAAA\n", nil
 }
 
+type noAudit struct{}
+
+func (noAudit) AuditRange(_ context.Context, start, end time.Time) (int64, int64, string, error) {
+	return 0, 0, "", fmt.Errorf("window: %w", dr.ErrNoAuditEntries)
+}
+
 func TestReportSignVerify(t *testing.T) {
 	h := newHarness(t, openSQLite(t))
 	h.reg.Register("backup.restore", restoreStub(time.Now().Add(-time.Minute)))
@@ -222,8 +230,6 @@ func TestReportSignVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep.Audit = &dr.AuditSpan{First: 41, Last: 57, Checkpoint: "opsd.test/log\n58\nAAAA\n"}
-
 	g, err := signing.Generate("opsd.test/log")
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +237,17 @@ func TestReportSignVerify(t *testing.T) {
 	signer, _ := note.NewSigner(g.SignerKey)
 	verifier, _ := note.NewVerifier(g.VerifierKey)
 	other, _ := signing.Generate("opsd.test/log")
+	otherSigner, _ := note.NewSigner(other.SignerKey)
 	otherVerifier, _ := note.NewVerifier(other.VerifierKey)
+	checkpoint := func(s note.Signer, size int64) string {
+		t.Helper()
+		b, err := note.Sign(&note.Note{Text: string(audit.FormatCheckpoint(audit.Checkpoint{Origin: "opsd.test/log", Size: size}))}, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	rep.Audit = &dr.AuditSpan{First: 41, Last: 57, Checkpoint: checkpoint(signer, 58)}
 
 	for _, md := range []bool{false, true} {
 		signed, err := dr.SignReport(rep, signer, md)
@@ -259,6 +275,22 @@ func TestReportSignVerify(t *testing.T) {
 			t.Errorf("VerifyReport(other key) = nil, want an error")
 		}
 	}
+	// The audit checkpoint in the report must be signed by the audit key
+	// and cover the range.
+	for _, bad := range []struct {
+		name string
+		cp   string
+	}{{"checkpoint too small", checkpoint(signer, 57)}, {"checkpoint by another key", checkpoint(otherSigner, 58)}} {
+		r := *rep
+		r.Audit = &dr.AuditSpan{First: 41, Last: 57, Checkpoint: bad.cp}
+		signed, err := dr.SignReport(&r, signer, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dr.VerifyReport(signed, verifier); err == nil || !strings.Contains(err.Error(), "checkpoint") {
+			t.Errorf("VerifyReport(%s) = %v, want a checkpoint error", bad.name, err)
+		}
+	}
 
 	// The engine fills the audit range through AuditRanger.
 	e2, err := dr.New(dr.Config{Store: h.store, Actions: h.reg, Audit: fakeAudit{}})
@@ -268,6 +300,14 @@ func TestReportSignVerify(t *testing.T) {
 	rep2, err := e2.Report(context.Background(), id)
 	if err != nil || rep2.Audit == nil || rep2.Audit.First != 41 {
 		t.Errorf("Report with AuditRanger = %+v, %v", rep2.Audit, err)
+	}
+	// No entries in the run's span: a report without an audit range.
+	e3, err := dr.New(dr.Config{Store: h.store, Actions: h.reg, Audit: noAudit{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep3, err := e3.Report(context.Background(), id); err != nil || rep3.Audit != nil {
+		t.Errorf("Report with no audit entries = %+v, %v; want no audit range", rep3, err)
 	}
 }
 

@@ -41,6 +41,9 @@ func TestResume(t *testing.T) {
 		{"idempotent reruns", true, "", "succeeded", 1},
 		{"not idempotent retried", false, "retry", "succeeded", 1},
 		{"not idempotent skipped", false, "skip", "skipped", 0},
+		// The API's approve and reject routes on a waiting_operator step.
+		{"not idempotent approved", false, "approve", "succeeded", 1},
+		{"not idempotent rejected", false, "reject", "skipped", 0},
 	}
 	for _, tt := range tests {
 		for _, backend := range stores {
@@ -87,10 +90,8 @@ func testResume(t *testing.T, store state.Runs, idempotent bool, decideWith, wan
 		if err := h2.e.SkipStep(context.Background(), id, "hang", viewer, ""); !errors.Is(err, dr.ErrForbidden) {
 			t.Errorf("SkipStep(viewer) = %v, want ErrForbidden", err)
 		}
-		decide := h2.e.RetryStep
-		if decideWith == "skip" {
-			decide = h2.e.SkipStep
-		}
+		decide := map[string]func(context.Context, string, string, dr.Actor, string) error{
+			"retry": h2.e.RetryStep, "skip": h2.e.SkipStep, "approve": h2.e.Approve, "reject": h2.e.Reject}[decideWith]
 		if err := decide(context.Background(), id, "hang", operator, "checked by hand"); err != nil {
 			t.Fatalf("%s = %v", decideWith, err)
 		}
@@ -106,7 +107,11 @@ func testResume(t *testing.T, store state.Runs, idempotent bool, decideWith, wan
 	if got := strings.Join(rec2.calls, " "); got != "after/main/after" {
 		t.Errorf("calls after restart = %q, want only after", got)
 	}
-	if decideWith != "" && (v.Steps[1].Operator == nil || v.Steps[1].Operator.Action != decideWith) {
+	wantAction := map[string]string{"approve": "retry", "reject": "skip"}[decideWith]
+	if wantAction == "" {
+		wantAction = decideWith
+	}
+	if decideWith != "" && (v.Steps[1].Operator == nil || v.Steps[1].Operator.Action != wantAction) {
 		t.Errorf("operator decision = %+v, want %s", v.Steps[1].Operator, decideWith)
 	}
 
