@@ -9,11 +9,15 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/opsd-dev/opsd/internal/audit"
 	"github.com/opsd-dev/opsd/internal/config"
 	"github.com/opsd-dev/opsd/internal/dr"
 	"github.com/opsd-dev/opsd/internal/dr/runbook"
@@ -32,9 +36,12 @@ const sealerInfo = "opsd dr journal secrets v1"
 // HTTP run routes (httpapi.Runs).
 type drillSet struct {
 	*dr.Engine
-	signer   note.Signer
+	signer note.Signer
+
+	mu       sync.RWMutex // guards the loaded runbooks; reload swaps them
 	runbooks map[string]*runbook.Runbook
 	names    []string
+	files    map[string][]*runbook.Runbook // by file, for reload
 }
 
 var _ httpapi.Runs = (*drillSet)(nil)
@@ -52,7 +59,7 @@ func (d *Daemon) openDrills(cfg *config.Config) error {
 	reg := dr.NewRegistry()
 	dr.RegisterBuiltins(reg, dr.Builtins{Notifier: &dr.LogNotifier{Logger: log}, ExecDir: cfg.DataDir, Logger: log})
 	d.registerBackupActions(reg)
-	rbs := loadRunbooks(cfg, log.Warn)
+	rbs, files := loadRunbooks(cfg, nil, log.Warn)
 	key, err := hkdf.Key(sha256.New, d.key.HMACKey, nil, sealerInfo, 32)
 	if err != nil {
 		return fmt.Errorf("derive journal key: %w", err)
@@ -65,13 +72,14 @@ func (d *Daemon) openDrills(cfg *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("drill metrics: %w", err)
 	}
-	set := &drillSet{signer: d.key.Signer, runbooks: map[string]*runbook.Runbook{}}
-	for _, rb := range rbs {
-		set.runbooks[rb.Name] = rb
-		set.names = append(set.names, rb.Name)
+	set := &drillSet{signer: d.key.Signer}
+	set.swap(rbs, files)
+	var ranger dr.AuditRanger
+	if l, ok := d.audit.(auditSpanner); ok {
+		ranger = auditRanger{l}
 	}
-	sort.Strings(set.names)
-	set.Engine, err = dr.New(dr.Config{Store: store, Actions: reg, Lookup: set.Runbook, Sealer: sealer, Metrics: metrics, Logger: log})
+	set.Engine, err = dr.New(dr.Config{Store: store, Actions: reg, Lookup: set.Runbook, Sealer: sealer, Metrics: metrics,
+		Audit: ranger, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -80,26 +88,101 @@ func (d *Daemon) openDrills(cfg *config.Config) error {
 	return nil
 }
 
+// reloadRunbooks loads runbooks.dir again against the reloaded config:
+// each file whole or not at all, as at start. A file that loaded before
+// and is refused now keeps its previous runbooks (an edit with a mistake
+// does not take a working runbook away); a file that is gone takes its
+// runbooks with it. Runs in flight keep the runbook they started with;
+// after a restart a run resumes only if its runbook's SHA-256 is
+// unchanged.
+func (s *drillSet) reloadRunbooks(cfg *config.Config, warn func(msg string, args ...any)) []string {
+	if s == nil {
+		return nil
+	}
+	s.mu.RLock()
+	prev := s.files
+	s.mu.RUnlock()
+	rbs, files := loadRunbooks(cfg, prev, warn)
+	s.swap(rbs, files)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Clone(s.names)
+}
+
+// swap installs a loaded set of runbooks.
+func (s *drillSet) swap(rbs []*runbook.Runbook, files map[string][]*runbook.Runbook) {
+	byName := make(map[string]*runbook.Runbook, len(rbs))
+	names := make([]string, 0, len(rbs))
+	for _, rb := range rbs {
+		byName[rb.Name] = rb
+		names = append(names, rb.Name)
+	}
+	sort.Strings(names)
+	s.mu.Lock()
+	s.runbooks, s.names, s.files = byName, names, files
+	s.mu.Unlock()
+}
+
+// auditSpanner is what reports need of the audit log (*audit.Log).
+type auditSpanner interface {
+	Span(start, end time.Time, linger time.Duration) (first, last int64, err error)
+	CheckpointCovering(size int64) ([]byte, error)
+}
+
+// auditLinger is how long after a run's end the report's audit range
+// still takes in the finishing entries of actions accepted during the run
+// (the outcome of an approval the run's last step waited for is recorded
+// after the HTTP answer, which may come after the run ended).
+const auditLinger = 10 * time.Second
+
+// auditRanger implements dr.AuditRanger over the daemon's audit log: the
+// entries written while the run ran, widened to whole actions (the
+// acceptance of the HTTP request that started it, which precedes its
+// start), and a signed checkpoint covering them.
+type auditRanger struct{ log auditSpanner }
+
+func (a auditRanger) AuditRange(_ context.Context, start, end time.Time) (first, last int64, checkpoint string, err error) {
+	first, last, err = a.log.Span(start, end, auditLinger)
+	if errors.Is(err, audit.ErrNoEntries) {
+		return -1, -1, "", fmt.Errorf("%w: %w", dr.ErrNoAuditEntries, err)
+	}
+	if err != nil {
+		return -1, -1, "", err
+	}
+	cp, err := a.log.CheckpointCovering(last + 1)
+	if err != nil {
+		return -1, -1, "", fmt.Errorf("checkpoint covering audit entry %d: %w", last, err)
+	}
+	return first, last, string(cp), nil
+}
+
 // loadRunbooks loads every runbook of runbooks.dir that checks, each file
 // on its own so one bad file does not hide the good ones; the problems of
 // the bad ones are logged (opsd runbook check shows them too). A missing
 // directory means no runbooks. When two files share a name, the first in
-// name order wins.
-func loadRunbooks(cfg *config.Config, warn func(msg string, args ...any)) []*runbook.Runbook {
+// name order wins. prev (a reload's previous result by file, nil at
+// start) supplies the runbooks of a file that is refused now; files maps
+// each file to the runbooks it gave.
+func loadRunbooks(cfg *config.Config, prev map[string][]*runbook.Runbook, warn func(msg string, args ...any)) (out []*runbook.Runbook, files map[string][]*runbook.Runbook) {
+	files = map[string][]*runbook.Runbook{}
 	dir := cfg.Runbooks.Dir
 	if dir == "" {
-		return nil
+		return nil, files
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			warn("runbook directory unreadable", "dir", dir, "err", err)
+			// Unreadable is not empty: keep what was loaded.
+			for path, rbs := range prev {
+				files[path] = rbs
+				out = append(out, rbs...)
+			}
 		}
-		return nil
+		return out, files
 	}
 	refs := runbook.ReferencesFromConfig(cfg)
 	seen := map[string]string{}
-	var out []*runbook.Runbook
 	for _, e := range entries {
 		ext := filepath.Ext(e.Name())
 		if e.IsDir() || strings.HasPrefix(e.Name(), ".") || (ext != ".yaml" && ext != ".yml") {
@@ -108,8 +191,13 @@ func loadRunbooks(cfg *config.Config, warn func(msg string, args ...any)) []*run
 		path := filepath.Join(dir, e.Name())
 		rbs, err := runbook.LoadFiles([]string{path}, refs)
 		if err != nil {
-			warn("runbook refused", "file", path, "err", err)
-			continue
+			if old, ok := prev[path]; ok {
+				warn("runbook refused; keeping the version loaded before", "file", path, "err", err)
+				rbs = old
+			} else {
+				warn("runbook refused", "file", path, "err", err)
+				continue
+			}
 		}
 		for _, rb := range rbs {
 			if first, dup := seen[rb.Name]; dup {
@@ -118,13 +206,16 @@ func loadRunbooks(cfg *config.Config, warn func(msg string, args ...any)) []*run
 			}
 			seen[rb.Name] = path
 			out = append(out, rb)
+			files[path] = append(files[path], rb)
 		}
 	}
-	return out
+	return out, files
 }
 
 // Runbooks implements httpapi.Runs.
 func (s *drillSet) Runbooks() []*runbook.Runbook {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	out := make([]*runbook.Runbook, 0, len(s.names))
 	for _, n := range s.names {
 		out = append(out, s.runbooks[n])
@@ -134,6 +225,8 @@ func (s *drillSet) Runbooks() []*runbook.Runbook {
 
 // Runbook implements httpapi.Runs and dr.Config.Lookup.
 func (s *drillSet) Runbook(name string) (*runbook.Runbook, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	rb, ok := s.runbooks[name]
 	return rb, ok
 }

@@ -64,6 +64,12 @@ func (d *Daemon) applyReload(ctx context.Context) error {
 	}
 	d.targets.update(next)
 	d.api.Update(apiSettings(next))
+	// Runbooks last: per file, whole or not at all; a refused file keeps
+	// its previous version, so this step cannot fail the reload.
+	if d.drills != nil {
+		names := d.drills.reloadRunbooks(next, d.log.Warn)
+		d.log.Info("runbooks reloaded", "dir", next.Runbooks.Dir, "runbooks", strings.Join(names, ","))
+	}
 	d.cfg.Store(&loadedConfig{Config: next, loadedAt: time.Now().UTC()})
 	d.log.Info("config reloaded", "config_hash", next.Hash())
 	return nil
