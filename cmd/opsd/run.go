@@ -68,6 +68,7 @@ func commands() []command {
 		{"backup prune", "apply retention (admin): each backup with the rule that keeps it; --dry-run deletes nothing", runBackupPrune},
 		{"backup restore", "restore a backup from the first good copy, offline (SHA-256 checked)", runBackupRestore},
 		{"runbook check", "check runbook files offline: schema, steps, references, expressions; every problem as file:line:col", runRunbookCheck},
+		{"alerts list", "firing and pending alerts (--state, --label k=v, --json)", runAlertsList},
 		{"alerts test-rules", "run promtool-format rule unit tests: exit 0 pass, 1 failures, 2 bad input", runAlertsTestRules},
 		{"alerts silence add", "silence alerts matching MATCHER... (--duration/--end, --comment)", runSilenceAdd},
 		{"alerts silence list", "list silences (--state active|pending|expired)", runSilenceList},

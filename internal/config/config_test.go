@@ -87,8 +87,8 @@ func TestLoadMinimal(t *testing.T) {
 			Compression: Compression{ZstdLevel: 3},
 		}},
 		Alerts: Alerts{EvaluationInterval: 15 * time.Second, DrillSilences: ptr(true)},
-		Cost: Cost{Currency: "USD", Prices: "builtin"},
-		File: "testdata/good/minimal.yaml",
+		Cost:   Cost{Currency: "USD", Prices: "builtin"},
+		File:   "testdata/good/minimal.yaml",
 	}
 	if diff := cmp.Diff(want, c, cmpOpts); diff != "" {
 		t.Errorf("Load(minimal) mismatch (-want +got):\n%s", diff)

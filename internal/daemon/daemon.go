@@ -70,6 +70,8 @@ type Daemon struct {
 	jobs     jobEngine
 	backups  *service.Service
 	drills   *drillSet
+	alerts   *alerting
+	deadman  *prometheus.CounterVec
 	dispatch *action.Dispatcher
 	registry *prometheus.Registry
 	api      *httpapi.Server
@@ -218,6 +220,12 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 	if _, err := d.backups.CatchUpMissed(ctx); err != nil {
 		d.log.Error("catch up missed backups", "err", err)
 	}
+	if err := d.openAlerts(cfg); err != nil {
+		return fmt.Errorf("open alerting: %w", err)
+	}
+	d.deadman = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opsd_heartbeat_pings_total",
+		Help: "Dead man's switch pings (alerts.heartbeat) by result: ok, failed, skipped (opsd unhealthy)."}, []string{"result"})
+	d.registry.MustRegister(d.deadman)
 	if err := d.openDrills(cfg); err != nil {
 		return fmt.Errorf("open runbook engine: %w", err)
 	}
@@ -234,6 +242,7 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 		Sources:    d.sources,
 		Source:     d.source,
 		Runs:       d.drills,
+		Alerts:     d.alerts,
 	}, apiSettings(cfg), d.registry)
 	return nil
 }
@@ -318,6 +327,9 @@ func (d *Daemon) run(ctx context.Context, cfg *config.Config) error {
 	actor("heartbeat", d.heartbeat)
 	actor("backup-maintenance", d.backups.RunMaintenance)
 	actor("drills", d.drills.Run)
+	actor("alert-rules", d.alerts.eval.Run)
+	actor("alert-routing", d.alerts.router.Run)
+	actor("dead-mans-switch", d.runDeadman)
 	actor("watchdog", func(ctx context.Context) error { return d.notify.runWatchdog(ctx, d.healthy) })
 	actor("ready", func(ctx context.Context) error {
 		if err := d.waitReady(ctx); err != nil {

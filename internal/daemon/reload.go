@@ -59,6 +59,11 @@ func (d *Daemon) applyReload(ctx context.Context) error {
 	if err := service.GenerateIdentities(next, d.log); err != nil {
 		return fmt.Errorf("backup encryption: %w", err)
 	}
+	// Alerting first: it checks rule files and routing before changing
+	// either, so a bad rule file leaves everything as it was.
+	if err := d.alerts.apply(next); err != nil {
+		return err
+	}
 	if err := d.jobs.Reconfigure(ctx, next); err != nil {
 		return fmt.Errorf("apply schedules: %w", err)
 	}
@@ -98,5 +103,10 @@ func restartOnly(a, b *config.Config) []string {
 	check("audit.segment_size", a.Audit.SegmentSize, b.Audit.SegmentSize)
 	check("audit.checkpoint_interval", a.Audit.CheckpointInterval, b.Audit.CheckpointInterval)
 	check("audit.witnesses", a.Audit.Witnesses, b.Audit.Witnesses)
+	// The remote query path is built at start.
+	check("alerts.rule_datasource", a.Alerts.RuleDatasource, b.Alerts.RuleDatasource)
+	if a.Alerts.RuleDatasource != "" {
+		check("alerts.datasources."+a.Alerts.RuleDatasource, a.Alerts.Datasources[a.Alerts.RuleDatasource], b.Alerts.Datasources[b.Alerts.RuleDatasource])
+	}
 	return out
 }

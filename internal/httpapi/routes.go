@@ -61,11 +61,12 @@ func (s *Server) routes() {
 		{method: "GET", path: "/api/v1/runs/{id}/report", role: RoleViewer, handler: http.HandlerFunc(s.handleRunReport)},
 
 		// Alerts.
-		{method: "GET", path: "/api/v1/alerts", role: RoleViewer, handler: notYet("alerts")},
-		{method: "GET", path: "/api/v1/rules", role: RoleViewer, handler: notYet("alert rules")},
-		{method: "GET", path: "/api/v1/silences", role: RoleViewer, handler: notYet("silences")},
-		{method: "POST", path: "/api/v1/silences", role: RoleOperator, handler: notYet("silences")},
-		{method: "DELETE", path: "/api/v1/silences/{id}", role: RoleOperator, handler: notYet("silences")},
+		{method: "GET", path: "/api/v1/alerts", role: RoleViewer, handler: http.HandlerFunc(s.handleListAlerts)},
+		{method: "GET", path: "/api/v1/rules", role: RoleViewer, handler: http.HandlerFunc(s.handleListRules)},
+		{method: "GET", path: "/api/v1/silences", role: RoleViewer, handler: http.HandlerFunc(s.handleListSilences)},
+		{method: "GET", path: "/api/v1/silences/{id}", role: RoleViewer, handler: http.HandlerFunc(s.handleGetSilence)},
+		{method: "POST", path: "/api/v1/silences", role: RoleOperator, action: "alerts.silence.add", handler: http.HandlerFunc(s.handleAddSilence)},
+		{method: "DELETE", path: "/api/v1/silences/{id}", role: RoleOperator, action: "alerts.silence.expire", object: pathObject("silence", "id"), handler: http.HandlerFunc(s.handleExpireSilence)},
 
 		// Cost.
 		{method: "GET", path: "/api/v1/cost", role: RoleViewer, handler: notYet("cost reports")},

@@ -67,6 +67,8 @@ type Deps struct {
 	Source  func(ctx context.Context, name string) (any, error)
 	// Runs serves the runbook and run routes (the DR engine).
 	Runs Runs
+	// Alerts serves the alert, rule and silence routes.
+	Alerts Alerts
 }
 
 // ConfigError is returned by Deps.Reload when the new config is invalid.

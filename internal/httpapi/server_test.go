@@ -196,7 +196,8 @@ func TestAuthAndRoles(t *testing.T) {
 		{"oversized body", "POST", "/api/v1/reload", "root", `{"pad":"` + strings.Repeat("x", 2000) + `"}`, 413, problemBase + "body-too-large"},
 		{"unknown route", "GET", "/api/v1/nope", "viewer", "", 404, problemBase + "not-found"},
 		{"wrong method", "DELETE", "/api/v1/status", "viewer", "", 405, problemBase + "method-not-allowed"},
-		{"feature not landed", "GET", "/api/v1/alerts", "viewer", "", 501, problemBase + "not-implemented"},
+		{"feature not landed", "GET", "/api/v1/cost", "viewer", "", 501, problemBase + "not-implemented"},
+		{"alerting not wired", "GET", "/api/v1/alerts", "viewer", "", 503, problemBase + "unavailable"},
 		{"openapi document", "GET", "/api/v1/openapi.json", "viewer", "", 200, ""},
 	}
 	for _, tt := range tests {

@@ -287,8 +287,8 @@ type Metrics struct {
 
 // Values of the result label of opsd_notifications_total.
 const (
-	resultSuccess = "success"
-	resultFailure = "failure"
+	resultSuccess = "sent"
+	resultFailure = "failed"
 )
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -296,7 +296,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "opsd_notifications_total",
-			Help: "Notification attempts per receiver integration, by result (success or failure); a retried notification counts once per attempt.",
+			Help: "Notification attempts per receiver integration, by result (sent or failed); a retried notification counts once per attempt.",
 		}, []string{"receiver", "result"}),
 	}
 	if err := reg.Register(m.notifications); err != nil {

@@ -112,10 +112,10 @@ func TestMetrics(t *testing.T) {
 		_, _ = r.Notify(ctx, firing(1))
 	}
 	want := `
-# HELP opsd_notifications_total Notification attempts per receiver integration, by result (success or failure); a retried notification counts once per attempt.
+# HELP opsd_notifications_total Notification attempts per receiver integration, by result (sent or failed); a retried notification counts once per attempt.
 # TYPE opsd_notifications_total counter
-opsd_notifications_total{receiver="chat",result="failure"} 1
-opsd_notifications_total{receiver="chat",result="success"} 2
+opsd_notifications_total{receiver="chat",result="failed"} 1
+opsd_notifications_total{receiver="chat",result="sent"} 2
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "opsd_notifications_total"); err != nil {
 		t.Error(err)

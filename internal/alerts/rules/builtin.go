@@ -30,13 +30,12 @@ const BuiltinIdentifier = "builtin:opsd-rules.yaml"
 
 // builtinAlerts maps each key of alerts.builtin (config.BuiltinAlerts) to
 // the alerts of BuiltinRules it tunes. Several keys share one alert where
-// the metric already covers both cases: a source that never succeeded
-// exports a last-success timestamp of 0, so BackupStale fires for it; a
+// the metric already covers both cases: a
 // target that cannot be reached shows as opsd_backup_failures_total
 // {reason="target"}, so BackupFailures fires with the target label.
 var builtinAlerts = map[string][]string{
 	"backup_stale":            {"BackupStale"},
-	"backup_never_succeeded":  {"BackupStale"},
+	"backup_never_succeeded":  {"BackupNeverSucceeded"},
 	"backup_failed":           {"BackupFailures"},
 	"target_unreachable":      {"BackupFailures"},
 	"verification_failed":     {"BackupNotVerified"},

@@ -95,6 +95,9 @@ type Evaluator struct {
 
 	mu       sync.Mutex
 	managers []*promrules.Manager
+	paths    []string // "local" or "remote", one per manager
+	remote   *promrules.Manager
+	local    *promrules.Manager
 }
 
 // New opens the local storage and checks the rule files, reporting every
@@ -194,26 +197,24 @@ func (e *Evaluator) Run(ctx context.Context) error {
 		remote = e.newManager(ctx, qf, "remote")
 	}
 
-	extLabels := labels.FromMap(e.opts.ExternalLabels)
-	var localFiles []string
-	if e.builtin != nil {
-		localFiles = append(localFiles, BuiltinIdentifier)
-	}
-	if remote == nil {
-		localFiles = append(localFiles, e.files...)
-	}
-	if err := local.Update(e.opts.EvalInterval, localFiles, extLabels, e.opts.ExternalURL, nil); err != nil {
-		return fmt.Errorf("load local rules: %w", err)
+	e.mu.Lock()
+	localFiles, remoteFiles := e.fileSets(remote != nil)
+	interval := e.opts.EvalInterval
+	e.mu.Unlock()
+	if err := e.update(local, remote, interval, localFiles, remoteFiles); err != nil {
+		return err
 	}
 	managers := []*promrules.Manager{local}
 	if remote != nil {
-		if err := remote.Update(e.opts.EvalInterval, e.files, extLabels, e.opts.ExternalURL, nil); err != nil {
-			return fmt.Errorf("load rules: %w", err)
-		}
 		managers = append(managers, remote)
 	}
 	e.mu.Lock()
 	e.managers = managers
+	e.local, e.remote = local, remote
+	e.paths = []string{"local"}
+	if remote != nil {
+		e.paths = append(e.paths, "remote")
+	}
 	e.mu.Unlock()
 
 	var wg sync.WaitGroup
@@ -237,6 +238,73 @@ func (e *Evaluator) Run(ctx context.Context) error {
 	return <-storeDone
 }
 
+// fileSets splits the rule identifiers between the paths: the built-in
+// rules always run locally, the user's files remotely when a datasource is
+// set. e.mu is held.
+func (e *Evaluator) fileSets(hasRemote bool) (local, remote []string) {
+	if e.builtin != nil {
+		local = append(local, BuiltinIdentifier)
+	}
+	if hasRemote {
+		return local, e.files
+	}
+	return append(local, e.files...), nil
+}
+
+func (e *Evaluator) update(local, remote *promrules.Manager, interval time.Duration, localFiles, remoteFiles []string) error {
+	extLabels := labels.FromMap(e.opts.ExternalLabels)
+	if err := local.Update(interval, localFiles, extLabels, e.opts.ExternalURL, nil); err != nil {
+		return fmt.Errorf("load local rules: %w", err)
+	}
+	if remote != nil {
+		if err := remote.Update(interval, remoteFiles, extLabels, e.opts.ExternalURL, nil); err != nil {
+			return fmt.Errorf("load rules: %w", err)
+		}
+	}
+	return nil
+}
+
+// Reload applies new built-in tuning, rule files and evaluation interval,
+// whole or not at all: every file is checked first, and on error the
+// running rules stay. Alert state carries over as in Prometheus (groups
+// that keep their name and file keep their alerts). A change of datasource
+// (Options.Remote) needs a restart; Reload refuses it.
+func (e *Evaluator) Reload(builtin map[string]*config.Builtin, disableBuiltin bool, ruleFiles []string, remote *Remote, interval time.Duration) error {
+	if (remote == nil) != (e.opts.Remote == nil) || (remote != nil && remote.URL != e.opts.Remote.URL) {
+		return errors.New("alerts datasource changed: restart opsd to apply it")
+	}
+	var b *rulefmt.RuleGroups
+	if !disableBuiltin {
+		var err error
+		if b, err = ParseBuiltin(builtin); err != nil {
+			return err
+		}
+	}
+	files, err := expandRuleFiles(ruleFiles)
+	if err != nil {
+		return err
+	}
+	if err := CheckRuleFiles(files...); err != nil {
+		return err
+	}
+	if interval <= 0 {
+		interval = DefaultEvalInterval
+	}
+	e.mu.Lock()
+	local, rm := e.local, e.remote
+	if remote != nil && len(files) > 0 && rm == nil {
+		e.mu.Unlock()
+		return errors.New("rule files for the datasource were added: restart opsd to apply them")
+	}
+	e.builtin, e.files, e.opts.EvalInterval = b, files, interval
+	localFiles, remoteFiles := e.fileSets(rm != nil)
+	e.mu.Unlock()
+	if local == nil { // not running yet: Run picks the new set up
+		return nil
+	}
+	return e.update(local, rm, interval, localFiles, remoteFiles)
+}
+
 func (e *Evaluator) newManager(ctx context.Context, qf promrules.QueryFunc, path string) *promrules.Manager {
 	var ext *url.URL
 	if e.opts.ExternalURL != "" {
@@ -254,7 +322,7 @@ func (e *Evaluator) newManager(ctx context.Context, qf promrules.QueryFunc, path
 		OutageTolerance: DefaultOutageTolerance,
 		ForGracePeriod:  DefaultForGracePeriod,
 		ResendDelay:     DefaultResendDelay,
-		GroupLoader:     groupLoader{builtin: e.builtin, parser: p, logger: e.logger},
+		GroupLoader:     groupLoader{e: e, parser: p, logger: e.logger},
 		Metrics:         e.metrics,
 		Parser:          p,
 	})
@@ -263,20 +331,40 @@ func (e *Evaluator) newManager(ctx context.Context, qf promrules.QueryFunc, path
 // groupLoader serves the (tuned) built-in rules under BuiltinIdentifier and
 // reads every other identifier as a rule file.
 type groupLoader struct {
-	builtin *rulefmt.RuleGroups
-	parser  parser.Parser
-	logger  *slog.Logger
+	e      *Evaluator
+	parser parser.Parser
+	logger *slog.Logger
 }
 
 func (l groupLoader) Load(identifier string, ignoreUnknownFields bool, scheme model.ValidationScheme) (*rulefmt.RuleGroups, []error) {
-	if identifier == BuiltinIdentifier && l.builtin != nil {
-		return l.builtin, nil
+	if identifier == BuiltinIdentifier {
+		l.e.mu.Lock()
+		b := l.e.builtin
+		l.e.mu.Unlock()
+		if b != nil {
+			return b, nil
+		}
 	}
 	return rulefmt.ParseFile(identifier, ignoreUnknownFields, scheme, l.parser, l.logger)
 }
 
 func (l groupLoader) Parse(query string) (parser.Expr, error) {
 	return l.parser.ParseExpr(query)
+}
+
+// Check parses the tuned built-in rules and the rule files (globs) as New
+// and Reload do, returning every problem with its file and line.
+func Check(builtin map[string]*config.Builtin, disableBuiltin bool, ruleFiles []string) error {
+	if !disableBuiltin {
+		if _, err := ParseBuiltin(builtin); err != nil {
+			return err
+		}
+	}
+	files, err := expandRuleFiles(ruleFiles)
+	if err != nil {
+		return err
+	}
+	return CheckRuleFiles(files...)
 }
 
 // CheckRuleFiles parses rule files as Prometheus loads them and returns

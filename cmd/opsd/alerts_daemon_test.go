@@ -1,0 +1,336 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opsd-dev/opsd/internal/alerts/notify"
+)
+
+// slackAPI speaks the two Slack Web API methods opsd uses and keeps a
+// request log.
+type slackAPI struct {
+	mu   sync.Mutex
+	log  []slackCall
+	next int
+}
+
+type slackCall struct {
+	Method, Channel, TS, Text string
+}
+
+func (s *slackAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	method := strings.TrimPrefix(r.URL.Path, "/api/")
+	call := slackCall{Method: method, Channel: r.Form.Get("channel"), TS: r.Form.Get("ts"), Text: r.Form.Get("text")}
+	if r.Header.Get("Authorization") != "Bearer xoxb-test" && r.Form.Get("token") != "xoxb-test" {
+		_ = json.NewEncoder(w).Encode(map[string]any{"ok": false, "error": "invalid_auth"})
+		return
+	}
+	switch method {
+	case "chat.postMessage":
+		s.next++
+		call.TS = fmt.Sprintf("1764000000.%06d", s.next)
+		call.Channel = "C0OPS" // Slack answers with the channel's ID
+	case "chat.update":
+	default:
+		_ = json.NewEncoder(w).Encode(map[string]any{"ok": false, "error": "unknown_method"})
+		return
+	}
+	s.log = append(s.log, call)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"ok": true, "channel": call.Channel, "ts": call.TS})
+}
+
+func (s *slackAPI) calls() []slackCall {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]slackCall(nil), s.log...)
+}
+
+// webhookSink records Alertmanager v4 payloads.
+type webhookSink struct {
+	mu     sync.Mutex
+	msgs   []notify.WebhookMessage
+	bodies [][]byte
+	sigs   []string
+}
+
+func (s *webhookSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	var m notify.WebhookMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	s.msgs = append(s.msgs, m)
+	s.bodies = append(s.bodies, body)
+	s.sigs = append(s.sigs, r.Header.Get(notify.SignatureHeader))
+	s.mu.Unlock()
+}
+
+func (s *webhookSink) messages() []notify.WebhookMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]notify.WebhookMessage(nil), s.msgs...)
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// writeAlertConfig is writeBackupConfig plus a rule file and an alerts
+// section whose receiver posts to Slack and a webhook.
+func writeAlertConfig(t *testing.T, dir, rules, route string, slackURL, hookURL string) string {
+	t.Helper()
+	path := writeBackupConfig(t, dir, "@daily")
+	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var recv strings.Builder
+	if slackURL != "" {
+		fmt.Fprintf(&recv, "      slack: {token: xoxb-test, channel: \"#ops\", api_url: %q}\n", slackURL+"/api/")
+	}
+	fmt.Fprintf(&recv, "      webhook: {url: %q, signing_secret: hook-secret}\n", hookURL)
+	extra := fmt.Sprintf(`alerts:
+  rule_files: [./rules.yaml]
+  evaluation_interval: 1s
+  route: %s
+  receivers:
+    oncall:
+%s`, route, recv.String())
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(extra); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// An alert over opsd's own metrics fires with no Prometheus, is posted to
+// Slack once and to a signed webhook, shows in the API and CLI, and when a
+// backup makes it resolve the Slack message is updated in place.
+func TestAlertsThroughDaemon(t *testing.T) {
+	dir := t.TempDir()
+	slack := &slackAPI{}
+	slackSrv := httptest.NewServer(slack)
+	defer slackSrv.Close()
+	hook := &webhookSink{}
+	hookSrv := httptest.NewServer(hook)
+	defer hookSrv.Close()
+	rules := `groups:
+  - name: test
+    rules:
+      - alert: DemoNotBackedUp
+        expr: opsd_backup_last_success_timestamp_seconds{source="demo"} == 0
+        labels: {severity: page}
+        annotations: {summary: "{{ $labels.source }} has no backup yet"}
+`
+	cfg := writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname, source], group_wait: 1s, group_interval: 1s, repeat_interval: 1h}`,
+		slackSrv.URL, hookSrv.URL)
+	d := startDaemon(t, cfg, true)
+	env := map[string]string{"OPSD_ADDR": d.addr, "OPSD_TOKEN": testToken}
+
+	firing := func(m notify.WebhookMessage) bool {
+		return m.Status == "firing" && m.CommonLabels["alertname"] == "DemoNotBackedUp"
+	}
+	waitFor(t, 60*time.Second, "the firing webhook notification", func() bool {
+		for _, m := range hook.messages() {
+			if firing(m) {
+				return true
+			}
+		}
+		return false
+	})
+	msgs := hook.messages()
+	if m := msgs[0]; m.Receiver != "oncall" || m.GroupLabels["source"] != "demo" || len(m.Alerts) != 1 ||
+		m.Alerts[0].Annotations["summary"] != "demo has no backup yet" || m.Alerts[0].Labels["job"] != "opsd" {
+		t.Errorf("webhook payload = %+v", m)
+	}
+	hook.mu.Lock()
+	if want := notify.Sign([]byte("hook-secret"), hook.bodies[0]); hook.sigs[0] != want {
+		t.Errorf("webhook signature %q, want %q", hook.sigs[0], want)
+	}
+	hook.mu.Unlock()
+	waitFor(t, 10*time.Second, "the Slack post", func() bool { return len(slack.calls()) > 0 })
+
+	// API and CLI show the alert; the rule is healthy.
+	var alerts struct {
+		Items []alertView `json:"items"`
+	}
+	d.api(t, "GET", "/api/v1/alerts?state=active", testToken, &alerts)
+	found := false
+	for _, a := range alerts.Items {
+		found = found || (a.Labels["alertname"] == "DemoNotBackedUp" && len(a.Receivers) == 1 && a.Receivers[0] == "oncall")
+	}
+	if !found {
+		t.Errorf("GET /api/v1/alerts lacks DemoNotBackedUp routed to oncall: %+v", alerts.Items)
+	}
+	code, out, errOut := cli(t, env, "alerts", "list")
+	if code != 0 || !strings.Contains(out, "DemoNotBackedUp") || !strings.Contains(out, "demo has no backup yet") {
+		t.Errorf("alerts list = %d\n%s\n%s", code, out, errOut)
+	}
+	var rl struct {
+		Groups []struct {
+			Name, File, Path string
+			Rules            []struct{ Name, Health, State string }
+		} `json:"groups"`
+	}
+	d.api(t, "GET", "/api/v1/rules", testToken, &rl)
+	var ruleOK, builtin bool
+	for _, g := range rl.Groups {
+		builtin = builtin || g.File == "builtin"
+		for _, r := range g.Rules {
+			ruleOK = ruleOK || (r.Name == "DemoNotBackedUp" && r.Health == "ok" && r.State == "firing")
+		}
+	}
+	if !ruleOK || !builtin {
+		t.Errorf("rules: DemoNotBackedUp ok+firing %v, built-in group present %v: %+v", ruleOK, builtin, rl.Groups)
+	}
+
+	// A backup resolves it: the webhook hears "resolved", Slack's message is
+	// updated in place rather than posted again.
+	if code, out, errOut := cli(t, env, "backup", "run", "demo", "--wait"); code != 0 {
+		t.Fatalf("backup run = %d\n%s\n%s", code, out, errOut)
+	}
+	waitFor(t, 60*time.Second, "the resolved webhook notification", func() bool {
+		for _, m := range hook.messages() {
+			if m.Status == "resolved" && m.CommonLabels["alertname"] == "DemoNotBackedUp" {
+				return true
+			}
+		}
+		return false
+	})
+	waitFor(t, 10*time.Second, "the Slack update", func() bool {
+		for _, c := range slack.calls() {
+			if c.Method == "chat.update" {
+				return true
+			}
+		}
+		return false
+	})
+	calls := slack.calls()
+	for _, c := range calls {
+		t.Logf("slack request: %s channel=%s ts=%s text=%q", c.Method, c.Channel, c.TS, c.Text)
+	}
+	posts := 0
+	for _, c := range calls {
+		switch c.Method {
+		case "chat.postMessage":
+			posts++
+			if c.Channel != "C0OPS" {
+				t.Errorf("post to %q", c.Channel)
+			}
+		case "chat.update":
+			if c.Channel != "C0OPS" || c.TS != calls[0].TS {
+				t.Errorf("update of %s/%s, want the posted message C0OPS/%s", c.Channel, c.TS, calls[0].TS)
+			}
+		}
+	}
+	if posts != 1 || calls[0].Method != "chat.postMessage" || !strings.Contains(strings.ToLower(calls[len(calls)-1].Text), "resolved") {
+		t.Errorf("Slack calls = %+v; want one post, then updates ending resolved", calls)
+	}
+
+	var metrics string
+	waitFor(t, 10*time.Second, "notification metrics", func() bool {
+		metrics = d.metrics(t)
+		return strings.Contains(metrics, `opsd_notifications_total{receiver="oncall",result="sent"}`)
+	})
+	if strings.Contains(metrics, `opsd_notifications_total{receiver="oncall",result="failed"} 1`) {
+		t.Errorf("a notification failed:\n%s", metrics)
+	}
+}
+
+// kill -9 while a group waits: after the restart the notification goes out
+// once; a second kill -9 after it went out does not send it again.
+func TestAlertSentOnceAcrossKill(t *testing.T) {
+	dir := t.TempDir()
+	hook := &webhookSink{}
+	hookSrv := httptest.NewServer(hook)
+	defer hookSrv.Close()
+	rules := `groups:
+  - name: test
+    rules:
+      - alert: AlwaysFiring
+        expr: vector(1)
+        labels: {severity: page, source: demo}
+`
+	cfg := writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname], group_wait: 8s, group_interval: 2s, repeat_interval: 1h}`, "", hookSrv.URL)
+	d := startDaemon(t, cfg, true)
+	// The alert reaches routing, then the process dies inside group_wait.
+	waitFor(t, 30*time.Second, "the alert in routing", func() bool {
+		var alerts struct {
+			Items []alertView `json:"items"`
+		}
+		d.api(t, "GET", "/api/v1/alerts?state=active", testToken, &alerts)
+		return len(alerts.Items) > 0
+	})
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-d.exited
+	if n := len(hook.messages()); n != 0 {
+		t.Fatalf("%d notifications before the group_wait ended", n)
+	}
+
+	d = startDaemon(t, cfg, true)
+	waitFor(t, 40*time.Second, "the notification after the restart", func() bool { return len(hook.messages()) > 0 })
+	time.Sleep(3 * time.Second) // the notification log reaches disk; group_interval passes
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-d.exited
+
+	d = startDaemon(t, cfg, true)
+	// Group wait (8s) and a few group intervals after the restart.
+	time.Sleep(16 * time.Second)
+	msgs := hook.messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%d notifications across two kill -9s, want exactly 1: %+v", len(msgs), msgs)
+	}
+	if msgs[0].Status != "firing" || msgs[0].CommonLabels["alertname"] != "AlwaysFiring" {
+		t.Errorf("notification = %+v", msgs[0])
+	}
+	_ = d
+}
+
+// metrics returns the daemon's /metrics text.
+func (d *daemonProc) metrics(t *testing.T) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+d.addr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
