@@ -218,3 +218,180 @@ func BenchmarkWriter(b *testing.B) {
 type counter struct{ n int64 }
 
 func (c *counter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// source makes n bytes of Go-like source text from a small vocabulary:
+// text on which level 3 beats the fastest encoder.
+func source(n int) []byte {
+	r := rand.New(rand.NewPCG(7, 8))
+	vocab := make([]string, 3000)
+	for i := range vocab {
+		w := make([]byte, 2+r.IntN(9))
+		for k := range w {
+			w[k] = byte('a' + r.IntN(26))
+		}
+		vocab[i] = string(w)
+	}
+	word := func() string { return vocab[int(r.ExpFloat64()*200)%len(vocab)] }
+	var b bytes.Buffer
+	for b.Len() < n {
+		w1, w2, w3 := word(), word(), vocab[r.IntN(len(vocab))]
+		switch r.IntN(4) {
+		case 0:
+			b.WriteString("\tif err := " + w1 + "." + w2 + "(ctx, " + w3 + "); err != nil {\n\t\treturn err\n\t}\n")
+		case 1:
+			b.WriteString("\t" + w1 + " := " + w2 + "[" + w3 + "]\n")
+		case 2:
+			b.WriteString("func (s *" + w1 + ") " + w2 + "(" + w3 + " int) error {\n")
+		default:
+			b.WriteString("\t// " + w1 + " " + w2 + " " + w3 + " the " + w1 + "\n")
+		}
+	}
+	return b.Bytes()[:n]
+}
+
+func noise(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.NewChaCha8([32]byte{1}).Read(b)
+	return b
+}
+
+func decodeAll(t *testing.T, frames []byte) []byte {
+	t.Helper()
+	d, err := zstd.NewReader(bytes.NewReader(frames))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	got, err := io.ReadAll(d)
+	if err != nil {
+		t.Fatalf("klauspost decoder: %v", err)
+	}
+	return got
+}
+
+func needZstdCLI(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("zstd"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("zstd (Debian package zstd) is required under CI=true")
+		}
+		t.Skip("SKIPPING: the zstd command is not installed (apt-get install zstd)")
+	}
+}
+
+func zstdCLIDecode(t *testing.T, frames []byte) []byte {
+	t.Helper()
+	cmd := exec.Command("zstd", "-d", "-c", "-q")
+	cmd.Stdin = bytes.NewReader(frames)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	got, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("zstd -d: %v: %s", err, stderr.Bytes())
+	}
+	return got
+}
+
+// TestAdaptiveFrames: frames compressed with the fastest encoder (a dump,
+// random bytes) and at level 3 (source text), alone and mixed in one
+// stream, are what `zstd -d` and the klauspost decoder read back.
+func TestAdaptiveFrames(t *testing.T) {
+	needZstdCLI(t)
+	const chunk = 1 << 20
+	dump, rnd, src := rows(3*chunk), noise(3*chunk), source(3*chunk)
+	var mixed []byte
+	for i := range 3 {
+		// Each part straddles a frame boundary.
+		p := chunk / 2
+		mixed = append(mixed, dump[i*chunk:i*chunk+p]...)
+		mixed = append(mixed, rnd[i*chunk:i*chunk+p+1234]...)
+		mixed = append(mixed, src[i*chunk:i*chunk+p+777]...)
+	}
+	mixed = append(mixed, rnd[:chunk]...)
+	mixed = append(mixed, src[:chunk]...)
+	for _, tc := range []struct {
+		name  string
+		data  []byte
+		level zstd.EncoderLevel
+		// fast: how many frames take the fastest encoder; -1: some, not all.
+		fast int64
+	}{
+		{"compressible-dump", dump, zstd.SpeedDefault, 3},
+		{"incompressible", rnd, zstd.SpeedDefault, 3},
+		{"level-3-text", src, zstd.SpeedDefault, 0},
+		{"mixed", mixed, zstd.SpeedDefault, -1},
+		// Above level 3 only the incompressible frames change encoder.
+		{"better/incompressible", rnd, zstd.SpeedBetterCompression, 3},
+		{"better/dump", dump, zstd.SpeedBetterCompression, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			z, err := pzstd.NewWriter(&out, pzstd.Options{Level: tc.level, Workers: 2, ChunkSize: chunk})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := z.ReadFrom(bytes.NewReader(tc.data)); err != nil {
+				t.Fatal(err)
+			}
+			if err := z.Close(); err != nil {
+				t.Fatal(err)
+			}
+			st := z.Stats()
+			if want := int64((len(tc.data) + chunk - 1) / chunk); st.Frames != want {
+				t.Fatalf("%d frames, want %d", st.Frames, want)
+			}
+			switch {
+			case tc.fast >= 0 && st.Fast != tc.fast:
+				t.Errorf("%d of %d frames with the fastest encoder, want %d", st.Fast, st.Frames, tc.fast)
+			case tc.fast < 0 && (st.Fast == 0 || st.Fast == st.Frames):
+				t.Errorf("%d of %d frames with the fastest encoder, want some but not all", st.Fast, st.Frames)
+			}
+			if got := decodeAll(t, out.Bytes()); !bytes.Equal(got, tc.data) {
+				t.Fatalf("klauspost decoder: %d bytes, want %d (equal prefix %d)", len(got), len(tc.data), commonPrefix(got, tc.data))
+			}
+			if got := zstdCLIDecode(t, out.Bytes()); !bytes.Equal(got, tc.data) {
+				t.Fatalf("zstd -d: %d bytes, want %d (equal prefix %d)", len(got), len(tc.data), commonPrefix(got, tc.data))
+			}
+		})
+	}
+}
+
+// TestAdaptiveKeepsRatio: the probe never picks the fastest encoder where
+// it stores noticeably more than level 3 would.
+func TestAdaptiveKeepsRatio(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data []byte
+	}{{"dump", rows(4 << 20)}, {"source", source(4 << 20)}, {"random", noise(2 << 20)}} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := pzstd.Options{Level: zstd.SpeedDefault, ChunkSize: 1 << 20}
+			adaptive := len(compress(t, tc.data, o, true))
+			o.FixedLevel = true
+			fixed := len(compress(t, tc.data, o, true))
+			if float64(adaptive) > 1.01*float64(fixed) {
+				t.Errorf("adaptive stored %d bytes, level 3 alone %d: more than 1%% larger", adaptive, fixed)
+			}
+		})
+	}
+}
+
+func TestFixedLevelNeverProbes(t *testing.T) {
+	var out bytes.Buffer
+	z, err := pzstd.NewWriter(&out, pzstd.Options{Level: zstd.SpeedDefault, ChunkSize: 1 << 20, FixedLevel: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := append(rows(2<<20), noise(2<<20)...)
+	if _, err := z.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := z.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st := z.Stats(); st.Frames != 4 || st.Fast != 0 {
+		t.Fatalf("stats %+v, want 4 frames, none fast", st)
+	}
+	if got := decodeAll(t, out.Bytes()); !bytes.Equal(got, data) {
+		t.Fatal("round trip differs")
+	}
+}
