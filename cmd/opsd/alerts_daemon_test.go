@@ -334,3 +334,100 @@ func (d *daemonProc) metrics(t *testing.T) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// While a drill runs on a source, that source's alerts are silenced by a
+// silence naming the run; the silence ends with the run.
+func TestDrillSilencesAlerts(t *testing.T) {
+	dir := t.TempDir()
+	hook := &webhookSink{}
+	hookSrv := httptest.NewServer(hook)
+	defer hookSrv.Close()
+	rules := `groups:
+  - name: test
+    rules:
+      - alert: DemoAlert
+        expr: vector(1)
+        labels: {severity: page, source: demo}
+`
+	cfg := writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname], group_wait: 30s, group_interval: 30s, repeat_interval: 1h}`, "", hookSrv.URL)
+	raw, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, append(raw, "runbooks: {dir: ./runbooks}\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runbook := `name: demo-drill
+steps:
+  - id: hold
+    uses: approval
+    with: {timeout: 10m}
+  - id: backup
+    uses: backup.run
+    with: {source: demo}
+`
+	if err := os.MkdirAll(filepath.Join(dir, "runbooks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "runbooks", "demo.yaml"), []byte(runbook), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, cfg, true)
+	resp, body := d.post(t, "/api/v1/runbooks/demo-drill/runs", testToken, `{"mode":"drill"}`)
+	if resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusCreated {
+		t.Fatalf("start drill = %d %s", resp.StatusCode, body)
+	}
+	var run struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(body, &run); err != nil || run.ID == "" {
+		t.Fatalf("run answer %s: %v", body, err)
+	}
+
+	type silence struct {
+		ID          string            `json:"id"`
+		Matchers    []string          `json:"matchers"`
+		CreatedBy   string            `json:"createdBy"`
+		Comment     string            `json:"comment"`
+		State       string            `json:"state"`
+		Annotations map[string]string `json:"annotations"`
+	}
+	var sils struct {
+		Items []silence `json:"items"`
+	}
+	waitFor(t, 20*time.Second, "the drill silence", func() bool {
+		d.api(t, "GET", "/api/v1/silences?state=active", testToken, &sils)
+		return len(sils.Items) > 0
+	})
+	s := sils.Items[0]
+	if s.CreatedBy != "opsd (drill)" || s.Annotations["opsd_drill_run"] != run.ID || len(s.Matchers) != 1 ||
+		s.Matchers[0] != `source="demo"` || !strings.Contains(s.Comment, run.ID) {
+		t.Errorf("drill silence = %+v, want source=\"demo\" naming run %s", s, run.ID)
+	}
+	// The source's alert is suppressed by it, and nothing is sent.
+	waitFor(t, 30*time.Second, "DemoAlert suppressed", func() bool {
+		var alerts struct {
+			Items []alertView `json:"items"`
+		}
+		d.api(t, "GET", "/api/v1/alerts", testToken, &alerts)
+		for _, a := range alerts.Items {
+			if a.Labels["alertname"] == "DemoAlert" && a.State == "suppressed" && len(a.SilencedBy) == 1 && a.SilencedBy[0] == s.ID {
+				return true
+			}
+		}
+		return false
+	})
+
+	// The run ends (cancelled): the silence is expired.
+	if resp, body := d.post(t, "/api/v1/runs/"+run.ID+"/cancel", testToken, `{"comment":"done"}`); resp.StatusCode >= 300 {
+		t.Fatalf("cancel = %d %s", resp.StatusCode, body)
+	}
+	waitFor(t, 20*time.Second, "the drill silence to expire", func() bool {
+		var one silence
+		d.api(t, "GET", "/api/v1/silences/"+s.ID, testToken, &one)
+		return one.State == "expired"
+	})
+	if n := len(hook.messages()); n != 0 {
+		t.Errorf("%d notifications while the drill silenced the source", n)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -71,13 +72,16 @@ func writeDrillConfig(t *testing.T, dir string) string {
 	}
 	sum := sha256.Sum256([]byte(viewerToken))
 	cfg := strings.Replace(string(raw), "  tokens:\n", fmt.Sprintf("  tokens:\n    - {name: watcher, role: viewer, sha256: %s}\n", hex.EncodeToString(sum[:])), 1)
-	cfg += `runbooks: {dir: ./runbooks}
+	// notify steps go through this receiver: a real webhook endpoint.
+	hook := httptest.NewServer(&webhookSink{})
+	t.Cleanup(hook.Close)
+	cfg += fmt.Sprintf(`runbooks: {dir: ./runbooks}
 alerts:
   route: {receiver: oncall}
   receivers:
     oncall:
-      webhook: {url: "http://127.0.0.1:9/hook"}
-`
+      webhook: {url: %q}
+`, hook.URL+"/hook")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

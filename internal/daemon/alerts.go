@@ -173,6 +173,12 @@ func (a *alerting) drillStarted(ctx context.Context, runID, mode string, sources
 		return
 	}
 	for _, src := range sources {
+		// A resumed run keeps the silence it made before the restart.
+		have, err := a.router.ListSilences(ctx, route.SilenceFilter{States: []string{route.SilenceActive, route.SilencePending},
+			Labels: map[string]string{"source": src}})
+		if err == nil && slices.ContainsFunc(have, func(s route.Silence) bool { return s.Annotations[route.AnnotationDrillRun] == runID }) {
+			continue
+		}
 		id, err := a.router.SilenceForDrill(ctx, src, runID, time.Now().Add(24*time.Hour))
 		if err != nil {
 			a.log.Error("drill silence not created", "run", runID, "source", src, "err", err)
@@ -323,7 +329,10 @@ func (s stateMessages) PutMessage(ctx context.Context, k notify.MessageKey, ref 
 // receivers, each message as its own alert group (a new Slack message, a
 // new email thread), retrying what the sender says is worth retrying.
 type runbookNotifier struct {
-	a        *alerting
+	a *alerting
+	// fallback takes the messages when no receiver is configured at all
+	// (the quickstart): they go to the log rather than failing the step.
+	fallback dr.Notifier
 	attempts int
 	backoff  time.Duration
 }
@@ -332,8 +341,11 @@ var _ dr.Notifier = (*runbookNotifier)(nil)
 
 func (n *runbookNotifier) Notify(ctx context.Context, m dr.Notification) error {
 	n.a.mu.Lock()
-	rc := n.a.conf.Receivers[m.Receiver]
+	rc, none := n.a.conf.Receivers[m.Receiver], len(n.a.conf.Receivers) == 0
 	n.a.mu.Unlock()
+	if none && n.fallback != nil {
+		return n.fallback.Notify(ctx, m)
+	}
 	if rc == nil {
 		return fmt.Errorf("unknown receiver %q", m.Receiver)
 	}

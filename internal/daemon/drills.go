@@ -57,7 +57,10 @@ func (d *Daemon) openDrills(cfg *config.Config) error {
 	}
 	log := d.log.With("component", "dr")
 	reg := dr.NewRegistry()
-	dr.RegisterBuiltins(reg, dr.Builtins{Notifier: &dr.LogNotifier{Logger: log}, ExecDir: cfg.DataDir, Logger: log})
+	// notify steps go through the alert receivers (opened before drills).
+	notifier := &runbookNotifier{a: d.alerts, fallback: &dr.LogNotifier{Logger: log}, attempts: 3, backoff: 2 * time.Second}
+	dr.RegisterBuiltins(reg, dr.Builtins{Notifier: notifier, ExecDir: cfg.DataDir,
+		ExecStateDir: filepath.Join(cfg.DataDir, "exec"), Logger: log})
 	d.registerBackupActions(reg)
 	rbs, files := loadRunbooks(cfg, nil, log.Warn)
 	key, err := hkdf.Key(sha256.New, d.key.HMACKey, nil, sealerInfo, 32)
@@ -79,7 +82,12 @@ func (d *Daemon) openDrills(cfg *config.Config) error {
 		ranger = auditRanger{l}
 	}
 	set.Engine, err = dr.New(dr.Config{Store: store, Actions: reg, Lookup: set.Runbook, Sealer: sealer, Metrics: metrics,
-		Audit: ranger, Logger: log})
+		Audit: ranger, Logger: log, Hooks: dr.Hooks{
+			// While a drill runs, the alerts of the sources it touches are
+			// silenced (alerts.drill_silences), the silence naming the run.
+			OnRunStart: func(ctx context.Context, ri dr.RunInfo) { d.alerts.drillStarted(ctx, ri.ID, ri.Mode, ri.Sources) },
+			OnRunEnd:   func(ctx context.Context, ri dr.RunInfo) { d.alerts.drillEnded(ctx, ri.ID) },
+		}})
 	if err != nil {
 		return err
 	}

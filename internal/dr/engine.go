@@ -706,6 +706,12 @@ func (e *Engine) Cancel(ctx context.Context, runID string, actor Actor, comment 
 		if data.Outcome == "cancelled" {
 			return fmt.Errorf("cancel run %s: already cancelled: %w", runID, ErrNotActive)
 		}
+		// Between its end being journaled and its goroutine leaving the
+		// active set (the end hooks run there), a run is over.
+		switch r.State {
+		case state.RunSucceeded, state.RunFailed, state.RunCancelled:
+			return fmt.Errorf("cancel run %s: already %s: %w", runID, r.State, ErrNotActive)
+		}
 		data.Outcome = "cancelled"
 		data.Cancelled = &d
 		return nil
