@@ -164,7 +164,12 @@ type Builtins struct {
 	ExecDir string
 	// ExecPath is the PATH exec programs get (default: opsd's own).
 	ExecPath string
-	Logger   *slog.Logger
+	// ExecStateDir, when set, is where exec records the process groups of
+	// running programs so that the next start kills what a crash of opsd
+	// left running (ReapExec, called here). It must belong to this process
+	// alone (the daemon uses data_dir/exec).
+	ExecStateDir string
+	Logger       *slog.Logger
 }
 
 // RegisterBuiltins registers the built-in actions that need no other
@@ -180,7 +185,10 @@ func RegisterBuiltins(r *Registry, b Builtins) {
 	if b.HTTPClient == nil {
 		b.HTTPClient = &http.Client{Timeout: 30 * time.Second}
 	}
-	r.Register("exec", &execAction{dir: b.ExecDir, path: b.ExecPath})
+	if _, err := ReapExec(b.ExecStateDir, b.Logger); err != nil {
+		b.Logger.Error("exec: programs a crash left running may still run", "err", err)
+	}
+	r.Register("exec", &execAction{dir: b.ExecDir, path: b.ExecPath, state: b.ExecStateDir, logger: b.Logger})
 	r.Register("sql.query", ActionFunc(sqlQuery))
 	r.Register("sql.check", ActionFunc(sqlCheck))
 	r.Register("http.request", &httpAction{client: b.HTTPClient})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"sort"
@@ -21,6 +22,9 @@ const MaxExecOutput = 64 << 10
 type execAction struct {
 	dir  string
 	path string
+	// state records running programs' process groups (execreap.go).
+	state  string
+	logger *slog.Logger
 }
 
 // ErrExitStatus is the error of an exec step whose program exited non-zero.
@@ -96,6 +100,8 @@ func (a *execAction) Run(ctx context.Context, sc *StepContext) (map[string]any, 
 		return nil, fmt.Errorf("exec %s: %w", argv[0], err)
 	}
 	pgid := cmd.Process.Pid
+	forget := recordGroup(a.state, pgid, a.logger)
+	defer forget()
 	killGroup := func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) }
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
