@@ -107,22 +107,27 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 // section whose receiver posts to Slack and a webhook.
 func writeAlertConfig(t *testing.T, dir, rules, route string, slackURL, hookURL string) string {
 	t.Helper()
-	path := writeBackupConfig(t, dir, "@daily")
-	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte(rules), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	var recv strings.Builder
 	if slackURL != "" {
 		fmt.Fprintf(&recv, "      slack: {token: xoxb-test, channel: \"#ops\", api_url: %q}\n", slackURL+"/api/")
 	}
 	fmt.Fprintf(&recv, "      webhook: {url: %q, signing_secret: hook-secret}\n", hookURL)
-	extra := fmt.Sprintf(`alerts:
+	return writeAlertsYAML(t, dir, rules, fmt.Sprintf(`alerts:
   rule_files: [./rules.yaml]
   evaluation_interval: 1s
   route: %s
   receivers:
     oncall:
-%s`, route, recv.String())
+%s`, route, recv.String()))
+}
+
+// writeAlertsYAML is writeBackupConfig plus rules.yaml and extra YAML.
+func writeAlertsYAML(t *testing.T, dir, rules, extra string) string {
+	t.Helper()
+	path := writeBackupConfig(t, dir, "@daily")
+	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -319,6 +324,125 @@ func TestAlertSentOnceAcrossKill(t *testing.T) {
 		t.Errorf("notification = %+v", msgs[0])
 	}
 	_ = d
+}
+
+// When a receiver keeps failing, the built-in NotificationsFailing alert
+// names it and reaches on-call through another receiver.
+func TestNotificationsFailingAlert(t *testing.T) {
+	dir := t.TempDir()
+	var broken sync.Mutex
+	attempts := 0
+	brokenSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		broken.Lock()
+		attempts++
+		broken.Unlock()
+		http.Error(w, "upstream down", http.StatusInternalServerError)
+	}))
+	defer brokenSrv.Close()
+	hook := &webhookSink{}
+	hookSrv := httptest.NewServer(hook)
+	defer hookSrv.Close()
+	rules := `groups:
+  - name: test
+    rules:
+      - alert: AlwaysFiring
+        expr: vector(1)
+        labels: {severity: page}
+`
+	cfg := writeAlertsYAML(t, dir, rules, fmt.Sprintf(`alerts:
+  rule_files: [./rules.yaml]
+  evaluation_interval: 1s
+  builtin: {notifications_failing: {for: 1s}}
+  route:
+    receiver: pager
+    group_by: [alertname]
+    group_wait: 1s
+    group_interval: 2s
+    repeat_interval: 1h
+    routes: [{matchers: ['alertname="NotificationsFailing"'], receiver: fallback}]
+  receivers:
+    pager: {webhook: {url: %q}}
+    fallback: {webhook: {url: %q}}
+`, brokenSrv.URL, hookSrv.URL))
+	d := startDaemon(t, cfg, true)
+	waitFor(t, 90*time.Second, "NotificationsFailing at the fallback receiver", func() bool {
+		for _, m := range hook.messages() {
+			if m.CommonLabels["alertname"] == "NotificationsFailing" && m.CommonLabels["receiver"] == "pager" && m.Receiver == "fallback" {
+				return true
+			}
+		}
+		return false
+	})
+	broken.Lock()
+	n := attempts
+	broken.Unlock()
+	if n < 2 {
+		t.Errorf("the failing receiver saw %d attempts, want retries", n)
+	}
+	if m := d.metrics(t); !strings.Contains(m, `opsd_notifications_total{receiver="pager",result="failed"}`) {
+		t.Errorf("no failed count for pager:\n%s", m)
+	}
+	for _, m := range hook.messages() {
+		if m.CommonLabels["alertname"] == "AlwaysFiring" {
+			t.Errorf("AlwaysFiring reached the fallback receiver: %+v", m)
+		}
+	}
+}
+
+// The dead man's switch pings while opsd is healthy; failed pings are
+// counted, and the pings stop when opsd does.
+func TestDeadMansSwitch(t *testing.T) {
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var pings []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		pings = append(pings, r.Method+" "+r.URL.Path)
+		if len(pings) == 2 {
+			http.Error(w, "flaky", http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(pings)
+	}
+	cfg := writeAlertsYAML(t, dir, "groups: []\n", fmt.Sprintf("alerts:\n  heartbeat: {url: %q, interval: 1s}\n", srv.URL+"/ping/token123"))
+	d := startDaemon(t, cfg, true)
+	waitFor(t, 30*time.Second, "4 heartbeats", func() bool { return count() >= 4 })
+	mu.Lock()
+	if pings[0] != "POST /ping/token123" {
+		t.Errorf("ping = %q, want POST /ping/token123", pings[0])
+	}
+	mu.Unlock()
+	m := d.metrics(t)
+	if !strings.Contains(m, `opsd_heartbeat_pings_total{result="failed"} 1`) || !strings.Contains(m, `opsd_heartbeat_pings_total{result="ok"}`) {
+		t.Errorf("heartbeat metrics:\n%s", grepLines(m, "opsd_heartbeat"))
+	}
+	if strings.Contains(d.stderr.String(), "token123") {
+		t.Error("the heartbeat URL's token appears in the log")
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-d.exited
+	n := count()
+	time.Sleep(2500 * time.Millisecond)
+	if count() != n {
+		t.Errorf("pings continued after opsd stopped: %d → %d", n, count())
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // metrics returns the daemon's /metrics text.

@@ -20,10 +20,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/rulefmt"
@@ -374,9 +377,73 @@ func CheckRuleFiles(files ...string) error {
 	p := parser.NewParser(parser.Options{})
 	for _, f := range files {
 		_, es := rulefmt.ParseFile(f, false, model.UTF8Validation, p, slog.New(slog.DiscardHandler))
+		if len(es) > 0 {
+			es = positioned(f, es)
+		}
 		errs = append(errs, es...)
 	}
 	return errors.Join(errs...)
+}
+
+// positioned gives a line and column to the errors rulefmt reports without
+// one (a template error, a repeated group name), found in the file's YAML.
+func positioned(file string, errs []error) []error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return errs
+	}
+	var doc yaml.Node
+	if yaml.Unmarshal(b, &doc) != nil || len(doc.Content) == 0 {
+		return errs
+	}
+	groups := mapValue(doc.Content[0], "groups")
+	if groups == nil || groups.Kind != yaml.SequenceNode {
+		return errs
+	}
+	// group name → the mapping nodes of the groups of that name, in order.
+	byName := map[string][]*yaml.Node{}
+	for _, g := range groups.Content {
+		if n := mapValue(g, "name"); n != nil {
+			byName[n.Value] = append(byName[n.Value], g)
+		}
+	}
+	out := make([]error, len(errs))
+	for i, e := range errs {
+		out[i] = e
+		var re *rulefmt.Error
+		msg := e.Error()
+		rest := strings.TrimPrefix(msg, file+": ")
+		if errors.As(e, &re) && strings.HasPrefix(rest, "group ") {
+			if gs := byName[re.Group]; len(gs) > 0 {
+				if rs := mapValue(gs[0], "rules"); rs != nil && re.Rule >= 1 && re.Rule <= len(rs.Content) {
+					r := rs.Content[re.Rule-1]
+					out[i] = fmt.Errorf("%s: %d:%d: %s", file, r.Line, r.Column, rest)
+				}
+			}
+			continue
+		}
+		if name, ok := strings.CutPrefix(rest, "0:0: groupname: "); ok {
+			name, _, _ = strings.Cut(name, " is repeated")
+			if n, err := strconv.Unquote(name); err == nil && len(byName[n]) > 1 {
+				g := mapValue(byName[n][1], "name")
+				out[i] = fmt.Errorf("%s: %d:%d: group name %q is repeated in the same file (first at line %d)", file, g.Line, g.Column, n, byName[n][0].Line)
+			}
+		}
+	}
+	return out
+}
+
+// mapValue returns the value of key in a YAML mapping node.
+func mapValue(m *yaml.Node, key string) *yaml.Node {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return nil
 }
 
 func expandRuleFiles(globs []string) ([]string, error) {

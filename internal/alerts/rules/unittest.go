@@ -259,6 +259,10 @@ func (tg *UnitTestGroup) run(ctx context.Context, evalInterval time.Duration, or
 	})
 	groupsMap, errs := m.LoadGroups(time.Duration(tg.Interval), labels.FromMap(tg.ExternalLabels), tg.ExternalURL, nil, false, files...)
 	if errs != nil {
+		// The same problems, each with its line (see positioned).
+		if err := CheckRuleFiles(files...); err != nil {
+			return nil, err
+		}
 		return nil, errors.Join(errs...)
 	}
 	groups := make([]*promrules.Group, 0, len(groupsMap))
