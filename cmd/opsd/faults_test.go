@@ -181,6 +181,26 @@ func TestS3TargetDiesMidBackup(t *testing.T) {
 	if code != 0 || len(data) != 24_000_000 {
 		t.Fatalf("restore from the local copy = %d, %d bytes (want 24000000) %s", code, len(data), errOut)
 	}
+
+	// The target is back: the copy it missed is caught up from the verified
+	// local copy (retried with backoff while it was down), not re-dumped.
+	deadline := time.Now().Add(150 * time.Second)
+	for {
+		var got backupView
+		d.api(t, "GET", "/api/v1/backups/"+b.ID, testToken, &got)
+		if c := copyOf(got, "s3"); c.State == "complete" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("s3 copy of %s not caught up: %+v", b.ID, copyOf(got, "s3"))
+		}
+		time.Sleep(time.Second)
+	}
+	code, data, errOut = cli(t, nil, "backup", "restore", b.ID, "--config", cfgPath, "--target", "s3",
+		"--identity", filepath.Join(dir, "keys", "age.key"), "--stdout")
+	if code != 0 || len(data) != 24_000_000 {
+		t.Fatalf("restore from the caught-up s3 copy = %d, %d bytes (want 24000000) %s", code, len(data), errOut)
+	}
 }
 
 // TestFullLocalDisk fills a small tmpfs target mid-backup: that copy fails

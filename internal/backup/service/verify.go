@@ -55,6 +55,15 @@ func (w *VerifyWorker) Work(ctx context.Context, job *river.Job[VerifyArgs]) err
 	if errors.Is(err, ErrNotVerifiable) || errors.Is(err, state.ErrNotFound) {
 		return river.JobCancel(err)
 	}
+	if err == nil && job.Args.Level == state.LevelChecksum {
+		// A verified copy is what a catch-up copies from: a target that
+		// missed this backup (it was down) gets its copy now rather than
+		// at the next maintenance round; the copy job retries with
+		// backoff while the target stays down.
+		if b, _, gerr := w.svc.opts.Store.GetBackup(ctx, job.Args.BackupID); gerr == nil && b.State == state.BackupPartial {
+			w.svc.queueCatchUps(ctx, b.Source)
+		}
+	}
 	return err
 }
 
