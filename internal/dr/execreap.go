@@ -90,7 +90,8 @@ func recordGroup(dir string, pgid int, logger *slog.Logger) func() {
 		return noop
 	}
 	path := filepath.Join(dir, strconv.Itoa(pgid))
-	if err := os.MkdirAll(dir, 0o700); err == nil {
+	err = os.MkdirAll(dir, 0o700)
+	if err == nil {
 		err = os.WriteFile(path, fmt.Appendf(nil, "%s %d\n", boot, st.startTime), 0o600)
 	}
 	if err != nil {
