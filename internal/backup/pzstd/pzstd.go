@@ -5,11 +5,13 @@
 // This is what pzstd and `zstd -T` do; a streaming zstd encoder, which
 // carries one window across the whole stream, can use only one core.
 //
-// Memory is bounded: at most Workers chunks are in flight, each with its
-// input and its compressed output, plus the chunk being filled, whatever
-// the stream's length: about (2*Workers+1)*ChunkSize. Each worker has a
-// history of about one chunk for each encoder it may use (two when the
-// level adapts, see Options.FixedLevel).
+// Memory is bounded whatever the stream's length: at most Workers chunks
+// are in flight. A chunk holds its input until it is compressed and its
+// compressed output from then until it is written; with the chunk being
+// filled that is at most about (2*Workers+1)*ChunkSize, and less on
+// compressible data. Each worker has a history of about one chunk for
+// each encoder it may use (two when the level adapts, see
+// Options.FixedLevel).
 //
 // The level adapts per frame. At SpeedDefault (zstd level 3) a frame is
 // compressed with klauspost's fastest encoder where a probe — a few
@@ -43,7 +45,8 @@ type Options struct {
 	// Level is the klauspost encoder level.
 	Level zstd.EncoderLevel
 	// Workers compress chunks at once; 0 means GOMAXPROCS, at most
-	// DefaultMaxWorkers (memory grows by two chunks per worker).
+	// DefaultMaxWorkers (memory grows by about four chunks per worker:
+	// input, output and the encoders' history).
 	Workers int
 	// ChunkSize is the uncompressed size of one frame; 0 means
 	// DefaultChunkSize. Smaller chunks lose a little ratio at every
@@ -155,6 +158,8 @@ func NewWriter(w io.Writer, o Options) (*Writer, error) {
 		z.wg.Go(func() {
 			var scratch []byte
 			for j := range z.work {
+				// The input goes back to the pool as soon as it is
+				// compressed; the output is taken only now.
 				if z.failed() == nil {
 					e := enc
 					if fast != nil {
@@ -165,9 +170,11 @@ func NewWriter(w io.Writer, o Options) (*Writer, error) {
 							z.fastFrames.Add(1)
 						}
 					}
-					j.out = e.EncodeAll(j.in, j.out[:0])
+					j.out = e.EncodeAll(j.in, z.get())
 					z.frames.Add(1)
 				}
+				z.put(j.in)
+				j.in = nil
 				close(j.done)
 			}
 		})
@@ -224,7 +231,6 @@ func (z *Writer) flush() {
 			}
 			z.mu.Unlock()
 		}
-		z.put(j.in)
 		z.put(j.out)
 		<-z.slots
 	}
@@ -253,7 +259,7 @@ func (z *Writer) submit() {
 	if len(z.cur) == 0 {
 		return
 	}
-	z.send(&job{in: z.cur, out: z.get(), done: make(chan struct{})})
+	z.send(&job{in: z.cur, done: make(chan struct{})})
 	z.cur = nil
 }
 
@@ -325,7 +331,7 @@ func (z *Writer) Close() error {
 	}
 	z.closed = true
 	if z.jobs == 0 && len(z.cur) == 0 {
-		z.send(&job{out: z.get(), done: make(chan struct{})})
+		z.send(&job{done: make(chan struct{})})
 	}
 	z.submit()
 	close(z.order)
