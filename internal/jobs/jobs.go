@@ -44,7 +44,8 @@ const (
 	DefaultConcurrency   = 10
 	DefaultJobTimeout    = 30 * time.Minute
 	DefaultShutdownGrace = 30 * time.Second
-	DefaultFetchCooldown = 20 * time.Millisecond
+	DefaultFetchCooldown = time.Millisecond
+	DefaultEnqueueAhead  = time.Second
 	// hardStopTimeout bounds the wait for jobs to return after their
 	// contexts were cancelled; a job that ignores its context is abandoned
 	// (River's rescuer retries it later on some replica).
@@ -94,17 +95,33 @@ type Options struct {
 	// Periodic jobs to register at construction (AddPeriodic adds more).
 	Periodic []Periodic
 	// FetchPollInterval and FetchCooldown tune how often River looks for new
-	// jobs: polling when idle (River's default 1s when zero) and the pause
-	// between fetches while jobs keep coming (DefaultFetchCooldown when
-	// zero: River's 100 ms caps a burst of scheduled jobs at about
-	// Concurrency×10 starts a second). Tests lower them.
+	// jobs: polling when idle (River's default 1s when zero; producers are
+	// also woken by River's insert notifications and, for periodic jobs, at
+	// the slot) and the least pause between fetches while jobs keep coming
+	// (DefaultFetchCooldown when zero, River's minimum: a producer fetches
+	// again as soon as a worker is free; River's default 100 ms capped a
+	// burst of scheduled jobs at Concurrency×10 starts a second, the
+	// previous 20 ms at Concurrency×50).
 	FetchPollInterval time.Duration
 	FetchCooldown     time.Duration
+	// EnqueueAhead is how long before its slot a periodic job is inserted
+	// (with the slot as its ScheduledAt, so that it does not start early):
+	// the insert of every job due in the same second is then done when the
+	// slot comes, and the producers are woken at the slot to fetch them.
+	// Zero means DefaultEnqueueAhead, negative inserts at the slot (River's
+	// own timing); at most one minute. See periodic.go.
+	EnqueueAhead time.Duration
 
 	// testOnly sets River's TestOnly (no jittered start of maintenance).
 	testOnly bool
 	// retryPolicy overrides River's retry schedule in tests.
 	retryPolicy river.ClientRetryPolicy
+	// extraMiddleware is appended to River's middleware (benchmarks time
+	// the periodic insert with it).
+	extraMiddleware []rivertype.Middleware
+	// riverPeriodic registers periodic jobs as River alone would (inserted
+	// at the slot, ScheduledAt left to River): the benchmark's baseline.
+	riverPeriodic bool
 }
 
 // Periodic is a job inserted on a cron schedule by the leader replica.
@@ -159,6 +176,10 @@ type Engine struct {
 	backend string
 	logger  *slog.Logger
 	grace   time.Duration
+	ahead   time.Duration
+	waker   *waker
+	// riverPeriodic: see Options.riverPeriodic.
+	riverPeriodic bool
 
 	runOnce atomic.Bool
 	phase   atomic.Int32
@@ -239,7 +260,12 @@ func build[TTx any](ctx context.Context, backend string, driver riverdriver.Driv
 		return nil, fmt.Errorf("jobs: register ping worker: %w", err)
 	}
 
-	cfg, err := riverConfig(opts, workers, logger)
+	ahead, err := enqueueAhead(opts.EnqueueAhead)
+	if err != nil {
+		return nil, err
+	}
+	wk := newWaker(driver.GetExecutor(), logger)
+	cfg, err := riverConfig(opts, workers, wk, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -252,6 +278,10 @@ func build[TTx any](ctx context.Context, backend string, driver riverdriver.Driv
 		backend: backend,
 		logger:  logger,
 		grace:   opts.ShutdownGrace,
+		ahead:   ahead,
+		waker:   wk,
+
+		riverPeriodic: opts.riverPeriodic,
 	}
 	if e.grace <= 0 {
 		e.grace = DefaultShutdownGrace
@@ -264,7 +294,7 @@ func build[TTx any](ctx context.Context, backend string, driver riverdriver.Driv
 	return e, nil
 }
 
-func riverConfig(opts Options, workers *river.Workers, logger *slog.Logger) (*river.Config, error) {
+func riverConfig(opts Options, workers *river.Workers, wk *waker, logger *slog.Logger) (*river.Config, error) {
 	concurrency := opts.Concurrency
 	if concurrency <= 0 {
 		concurrency = DefaultConcurrency
@@ -292,7 +322,10 @@ func riverConfig(opts Options, workers *river.Workers, logger *slog.Logger) (*ri
 		FetchCooldown:        cmp.Or(opts.FetchCooldown, DefaultFetchCooldown),
 		RetryPolicy:          opts.retryPolicy,
 		TestOnly:             opts.testOnly,
-		Middleware:           []rivertype.Middleware{&dispatchMiddleware{d: opts.Dispatcher, logger: logger}},
+		Middleware: append([]rivertype.Middleware{
+			&dispatchMiddleware{d: opts.Dispatcher, logger: logger},
+			&periodicMiddleware{waker: wk},
+		}, opts.extraMiddleware...),
 	}, nil
 }
 
@@ -322,7 +355,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		unexpected = errors.New("jobs: river client stopped unexpectedly")
 	}
 	e.phase.Store(phaseStopped)
-	if err := e.stop(context.WithoutCancel(ctx)); err != nil {
+	err := e.stop(context.WithoutCancel(ctx))
+	e.waker.stop()
+	if err != nil {
 		return err
 	}
 	return unexpected
@@ -363,7 +398,7 @@ func (e *Engine) Ready() error {
 // recorded in the job's metadata and becomes the actor of every run of it.
 // opts may be nil; it is not modified.
 func (e *Engine) Insert(ctx context.Context, args river.JobArgs, opts *river.InsertOpts) (JobInfo, error) {
-	o, err := withOpsdMetadata(opts, action.ActorFrom(ctx), args)
+	o, err := withOpsdMetadata(opts, action.ActorFrom(ctx), args, time.Time{})
 	if err != nil {
 		return JobInfo{}, fmt.Errorf("jobs: insert %s: %w", args.Kind(), err)
 	}
@@ -418,15 +453,39 @@ func (e *Engine) AddPeriodic(name, spec string, construct func() (river.JobArgs,
 	}
 	actor := action.Actor{Kind: action.ActorScheduler, Name: name}
 	logger := e.logger
-	// sched (a cron.Schedule) already has River's PeriodicSchedule method set:
-	// Next(time.Time) time.Time.
-	pj := river.NewPeriodicJob(sched, func() (river.JobArgs, *river.InsertOpts) {
+	if e.riverPeriodic {
+		// The benchmark's baseline: River's own timing, as before
+		// aheadSchedule.
+		return e.addRiverPeriodic(name, sched, actor, construct)
+	}
+	// River inserts the job ahead of the slot (aheadSchedule); the job
+	// carries the slot as ScheduledAt and in its metadata, and
+	// periodicMiddleware makes it available at the slot.
+	as := &aheadSchedule{sched: sched, ahead: e.ahead}
+	pj := river.NewPeriodicJob(as, func() (river.JobArgs, *river.InsertOpts) {
+		called, slot := time.Now(), as.current()
 		args, opts := construct()
-		o, err := withOpsdMetadata(opts, actor, args)
+		opts = periodicOpts(opts, slot, called)
+		o, err := withOpsdMetadata(opts, actor, args, slot)
 		if err != nil {
 			// Only a constructor returning invalid metadata gets here; insert
 			// the job without the actor rather than skip the schedule.
 			logger.Error("periodic job metadata", "periodic", name, "err", err)
+			return args, opts
+		}
+		return args, o
+	}, &river.PeriodicJobOpts{ID: name})
+	if _, err := e.client.PeriodicJobs().AddSafely(pj); err != nil {
+		return fmt.Errorf("jobs: periodic %q: %w", name, err)
+	}
+	return nil
+}
+
+func (e *Engine) addRiverPeriodic(name string, sched cron.Schedule, actor action.Actor, construct func() (river.JobArgs, *river.InsertOpts)) error {
+	pj := river.NewPeriodicJob(sched, func() (river.JobArgs, *river.InsertOpts) {
+		args, opts := construct()
+		o, err := withOpsdMetadata(opts, actor, args, time.Time{})
+		if err != nil {
 			return args, opts
 		}
 		return args, o
@@ -480,8 +539,8 @@ func (e *Engine) ReplacePeriodic(ps []Periodic) error {
 }
 
 // withOpsdMetadata returns a copy of opts whose metadata also records the
-// actor and audit object.
-func withOpsdMetadata(opts *river.InsertOpts, actor action.Actor, args river.JobArgs) (*river.InsertOpts, error) {
+// actor and audit object, and the slot of a periodic job (when not zero).
+func withOpsdMetadata(opts *river.InsertOpts, actor action.Actor, args river.JobArgs, slot time.Time) (*river.InsertOpts, error) {
 	var o river.InsertOpts
 	if opts != nil {
 		o = *opts
@@ -495,6 +554,9 @@ func withOpsdMetadata(opts *river.InsertOpts, actor action.Actor, args river.Job
 	meta[metaActor] = actor
 	if ob, ok := args.(AuditObjecter); ok {
 		meta[metaObject] = ob.AuditObject()
+	}
+	if !slot.IsZero() {
+		meta[metaSlot] = slotMeta(slot)
 	}
 	b, err := json.Marshal(meta)
 	if err != nil {
