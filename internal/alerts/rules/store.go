@@ -17,9 +17,8 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/storage"
-	"github.com/prometheus/prometheus/tsdb/chunkenc"
-	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/util/annotations"
 )
 
@@ -40,13 +39,25 @@ type Store struct {
 
 	mu     sync.RWMutex
 	series map[uint64][]*memSeries
-	byName map[string]map[*memSeries]struct{}
+	// postings index the series by label (name, then value), each list
+	// sorted by labels. A query's candidates are the smallest list an
+	// equality (or alternation) matcher selects, as the TSDB's postings
+	// do, rather than every series of the metric; and a single list needs
+	// no sorting.
+	postings map[string]map[string][]*memSeries
 }
 
 type memSeries struct {
 	lset labels.Labels
-	ts   []int64 // ascending; never modified in place below len, so readers may keep sub-slices
-	vs   []float64
+	// pts are the samples, ascending by time; never modified in place
+	// below len, so readers may keep sub-slices. They are PromQL's own
+	// points, so a query iterates them in place (promql.StorageSeries).
+	pts []promql.FPoint
+}
+
+// searchT returns the index of the first point at or after t.
+func searchT(pts []promql.FPoint, t int64) int {
+	return sort.Search(len(pts), func(i int) bool { return pts[i].T >= t })
 }
 
 var (
@@ -61,7 +72,7 @@ func OpenStore(dir string, retention time.Duration) (*Store, error) {
 		retention: retention,
 		now:       time.Now,
 		series:    map[uint64][]*memSeries{},
-		byName:    map[string]map[*memSeries]struct{}{},
+		postings:  map[string]map[string][]*memSeries{},
 	}
 	if dir == "" {
 		return s, nil
@@ -101,7 +112,11 @@ func (s *Store) load() error {
 			return nil
 		}
 		ms := s.getOrCreate(labels.FromStrings(ss.Labels...))
-		ms.ts, ms.vs = ss.T, ss.V
+		n := min(len(ss.T), len(ss.V))
+		ms.pts = make([]promql.FPoint, n)
+		for i := range n {
+			ms.pts[i] = promql.FPoint{T: ss.T[i], F: ss.V[i]}
+		}
 	}
 }
 
@@ -126,11 +141,14 @@ func (s *Store) Snapshot(window time.Duration) error {
 	var encErr error
 	for _, list := range s.series {
 		for _, ms := range list {
-			i := sort.Search(len(ms.ts), func(i int) bool { return ms.ts[i] >= mint })
-			if i == len(ms.ts) {
+			i := searchT(ms.pts, mint)
+			if i == len(ms.pts) {
 				continue
 			}
-			ss := snapshotSeries{T: ms.ts[i:], V: ms.vs[i:]}
+			ss := snapshotSeries{T: make([]int64, 0, len(ms.pts)-i), V: make([]float64, 0, len(ms.pts)-i)}
+			for _, p := range ms.pts[i:] {
+				ss.T, ss.V = append(ss.T, p.T), append(ss.V, p.F)
+			}
 			ms.lset.Range(func(l labels.Label) { ss.Labels = append(ss.Labels, l.Name, l.Value) })
 			if encErr = enc.Encode(&ss); encErr != nil {
 				break
@@ -160,15 +178,14 @@ func (s *Store) Trim() {
 	for h, list := range s.series {
 		kept := list[:0]
 		for _, ms := range list {
-			i := sort.Search(len(ms.ts), func(i int) bool { return ms.ts[i] >= mint })
-			if i == len(ms.ts) {
-				delete(s.byName[ms.lset.Get(model.MetricNameLabel)], ms)
+			i := searchT(ms.pts, mint)
+			if i == len(ms.pts) {
+				s.unindex(ms)
 				continue
 			}
 			if i > 0 {
 				// Copy, so readers holding the old slices are unaffected.
-				ms.ts = slices.Clone(ms.ts[i:])
-				ms.vs = slices.Clone(ms.vs[i:])
+				ms.pts = slices.Clone(ms.pts[i:])
 			}
 			kept = append(kept, ms)
 		}
@@ -208,12 +225,38 @@ func (s *Store) getOrCreate(ls labels.Labels) *memSeries {
 	}
 	ms := &memSeries{lset: ls.Copy()}
 	s.series[h] = append(s.series[h], ms)
-	name := ls.Get(model.MetricNameLabel)
-	if s.byName[name] == nil {
-		s.byName[name] = map[*memSeries]struct{}{}
-	}
-	s.byName[name][ms] = struct{}{}
+	ms.lset.Range(func(l labels.Label) {
+		values := s.postings[l.Name]
+		if values == nil {
+			values = map[string][]*memSeries{}
+			s.postings[l.Name] = values
+		}
+		list := values[l.Value]
+		i, _ := slices.BinarySearchFunc(list, ms, compareSeries)
+		values[l.Value] = slices.Insert(list, i, ms)
+	})
 	return ms
+}
+
+func compareSeries(a, b *memSeries) int { return labels.Compare(a.lset, b.lset) }
+
+// unindex removes ms from the postings; mu must be held for writing.
+func (s *Store) unindex(ms *memSeries) {
+	ms.lset.Range(func(l labels.Label) {
+		values := s.postings[l.Name]
+		list := values[l.Value]
+		if i, ok := slices.BinarySearchFunc(list, ms, compareSeries); ok {
+			list = slices.Delete(list, i, i+1)
+		}
+		if len(list) == 0 {
+			delete(values, l.Value)
+		} else {
+			values[l.Value] = list
+		}
+		if len(values) == 0 {
+			delete(s.postings, l.Name)
+		}
+	})
 }
 
 func (s *Store) get(ls labels.Labels) *memSeries {
@@ -255,14 +298,15 @@ func (a *appender) Append(_ storage.SeriesRef, ls labels.Labels, _, t int64, v f
 	}
 	a.s.mu.RLock()
 	ms := a.s.get(ls)
-	if ms != nil && len(ms.ts) > 0 {
-		lt := ms.ts[len(ms.ts)-1]
+	if ms != nil && len(ms.pts) > 0 {
+		last := ms.pts[len(ms.pts)-1]
+		lt := last.T
 		switch {
 		case t < lt:
 			a.s.mu.RUnlock()
 			return 0, storage.ErrOutOfOrderSample
 		case t == lt:
-			same := math.Float64bits(ms.vs[len(ms.vs)-1]) == math.Float64bits(v)
+			same := math.Float64bits(last.F) == math.Float64bits(v)
 			a.s.mu.RUnlock()
 			if same {
 				return storage.SeriesRef(hash), nil // an idempotent resend, as the TSDB head accepts
@@ -281,11 +325,10 @@ func (a *appender) Commit() error {
 	defer a.s.mu.Unlock()
 	for _, p := range a.samples {
 		ms := a.s.getOrCreate(p.lset)
-		if n := len(ms.ts); n > 0 && p.t <= ms.ts[n-1] {
+		if n := len(ms.pts); n > 0 && p.t <= ms.pts[n-1].T {
 			continue // lost a race with another appender; the TSDB would refuse it too
 		}
-		ms.ts = append(ms.ts, p.t)
-		ms.vs = append(ms.vs, p.v)
+		ms.pts = append(ms.pts, promql.FPoint{T: p.t, F: p.v})
 	}
 	a.samples = nil
 	return nil
@@ -308,21 +351,57 @@ type querier struct {
 
 func (q *querier) Close() error { return nil }
 
-func (q *querier) candidates(ms []*labels.Matcher) []*memSeries {
+// candidates returns a superset of the series ms select: those in the
+// smallest postings list an equality matcher (or the alternation of
+// values of a regexp matcher, such as a|b) selects, every series if no
+// matcher narrows; sorted reports whether they are in label order.
+// Callers still check every matcher. mu must be held.
+func (q *querier) candidates(ms []*labels.Matcher) (_ []*memSeries, sorted bool) {
+	var (
+		best     [][]*memSeries
+		bestSize = -1
+	)
 	for _, m := range ms {
-		if m.Name == model.MetricNameLabel && m.Type == labels.MatchEqual {
-			out := make([]*memSeries, 0, len(q.s.byName[m.Value]))
-			for s := range q.s.byName[m.Value] {
-				out = append(out, s)
+		var sets [][]*memSeries
+		switch {
+		case m.Type == labels.MatchEqual && m.Value != "":
+			sets = append(sets, q.s.postings[m.Name][m.Value])
+		case m.Type == labels.MatchRegexp && !m.Matches(""):
+			values := m.SetMatches()
+			if len(values) == 0 {
+				continue
 			}
-			return out
+			for _, v := range values {
+				if set := q.s.postings[m.Name][v]; len(set) > 0 {
+					sets = append(sets, set)
+				}
+			}
+		default:
+			continue
+		}
+		size := 0
+		for _, set := range sets {
+			size += len(set)
+		}
+		if bestSize < 0 || size < bestSize {
+			best, bestSize = sets, size
+		}
+		if size == 0 {
+			return nil, true
 		}
 	}
-	var out []*memSeries
-	for _, list := range q.s.series {
-		out = append(out, list...)
+	switch {
+	case bestSize < 0:
+		out := make([]*memSeries, 0, len(q.s.series))
+		for _, list := range q.s.series {
+			out = append(out, list...)
+		}
+		return out, false
+	case len(best) == 1:
+		return best[0], true
 	}
-	return out
+	// Distinct values of one label select disjoint series.
+	return slices.Concat(best...), false
 }
 
 func matchAll(ls labels.Labels, ms []*labels.Matcher) bool {
@@ -340,23 +419,27 @@ func (q *querier) Select(_ context.Context, sortSeries bool, hints *storage.Sele
 		mint, maxt = max(mint, hints.Start), min(maxt, hints.End)
 	}
 	q.s.mu.RLock()
-	var out []*listSeries
-	for _, ms := range q.candidates(matchers) {
+	var out []storage.Series
+	cands, sorted := q.candidates(matchers)
+	for _, ms := range cands {
 		if !matchAll(ms.lset, matchers) {
 			continue
 		}
-		i := sort.Search(len(ms.ts), func(i int) bool { return ms.ts[i] >= mint })
-		j := sort.Search(len(ms.ts), func(i int) bool { return ms.ts[i] > maxt })
+		i := searchT(ms.pts, mint)
+		rest := ms.pts[i:]
+		j := i + sort.Search(len(rest), func(k int) bool { return rest[k].T > maxt })
 		if i >= j {
 			continue
 		}
-		out = append(out, &listSeries{lset: ms.lset, ts: ms.ts[i:j:j], vs: ms.vs[i:j:j]})
+		out = append(out, promql.NewStorageSeries(promql.Series{Metric: ms.lset, Floats: ms.pts[i:j:j]}))
 	}
 	q.s.mu.RUnlock()
 	// Sorted whether asked or not: the rules manager's for-state restore
 	// and PromQL's merges assume label order, and it is cheap here.
 	_ = sortSeries
-	sort.Slice(out, func(i, j int) bool { return labels.Compare(out[i].lset, out[j].lset) < 0 })
+	if !sorted {
+		sort.Slice(out, func(i, j int) bool { return labels.Compare(out[i].Labels(), out[j].Labels()) < 0 })
+	}
 	return &seriesSet{list: out, i: -1}
 }
 
@@ -364,7 +447,8 @@ func (q *querier) LabelValues(_ context.Context, name string, _ *storage.LabelHi
 	q.s.mu.RLock()
 	defer q.s.mu.RUnlock()
 	seen := map[string]struct{}{}
-	for _, ms := range q.candidates(matchers) {
+	cands, _ := q.candidates(matchers)
+	for _, ms := range cands {
 		if v := ms.lset.Get(name); v != "" && matchAll(ms.lset, matchers) {
 			seen[v] = struct{}{}
 		}
@@ -381,7 +465,8 @@ func (q *querier) LabelNames(_ context.Context, _ *storage.LabelHints, matchers 
 	q.s.mu.RLock()
 	defer q.s.mu.RUnlock()
 	seen := map[string]struct{}{}
-	for _, ms := range q.candidates(matchers) {
+	cands, _ := q.candidates(matchers)
+	for _, ms := range cands {
 		if matchAll(ms.lset, matchers) {
 			ms.lset.Range(func(l labels.Label) { seen[l.Name] = struct{}{} })
 		}
@@ -395,7 +480,7 @@ func (q *querier) LabelNames(_ context.Context, _ *storage.LabelHints, matchers 
 }
 
 type seriesSet struct {
-	list []*listSeries
+	list []storage.Series
 	i    int
 }
 
@@ -403,37 +488,3 @@ func (s *seriesSet) Next() bool                        { s.i++; return s.i < len
 func (s *seriesSet) At() storage.Series                { return s.list[s.i] }
 func (s *seriesSet) Err() error                        { return nil }
 func (s *seriesSet) Warnings() annotations.Annotations { return nil }
-
-type listSeries struct {
-	lset labels.Labels
-	ts   []int64
-	vs   []float64
-}
-
-func (s *listSeries) Labels() labels.Labels { return s.lset }
-
-func (s *listSeries) Iterator(it chunkenc.Iterator) chunkenc.Iterator {
-	return storage.NewListSeriesIterator(floatSamples{ts: s.ts, vs: s.vs})
-}
-
-// floatSamples adapts the two slices to storage.Samples.
-type floatSamples struct {
-	ts []int64
-	vs []float64
-}
-
-func (f floatSamples) Get(i int) chunks.Sample { return fsample{t: f.ts[i], f: f.vs[i]} }
-func (f floatSamples) Len() int                { return len(f.ts) }
-
-type fsample struct {
-	t int64
-	f float64
-}
-
-func (s fsample) T() int64                      { return s.t }
-func (s fsample) ST() int64                     { return 0 }
-func (s fsample) F() float64                    { return s.f }
-func (s fsample) H() *histogram.Histogram       { return nil }
-func (s fsample) FH() *histogram.FloatHistogram { return nil }
-func (s fsample) Type() chunkenc.ValueType      { return chunkenc.ValFloat }
-func (s fsample) Copy() chunks.Sample           { return s }
