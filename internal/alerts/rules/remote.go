@@ -3,6 +3,7 @@ package rules
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,8 +42,10 @@ type Remote struct {
 
 // NewRemoteQueryFunc returns a rules.QueryFunc that runs instant queries
 // against r's /api/v1/query. (client_golang's api/prometheus/v1 would do,
-// but its json-iterator dependency is not in go.mod; the API is small.) An error from the API (bad_data, timeout,
-// execution, an HTTP failure) is returned as is, so the rules manager
+// but its json-iterator dependency is not in go.mod; the API is small.)
+// An error from the API (bad_data, timeout, execution, an HTTP failure or
+// an answer that is not the API's) is returned with r's credentials
+// redacted and otherwise as is, so the rules manager
 // records it as the rule's health "err" and LastError(), keeps the alert's
 // state unchanged for the round and tries again next round — what
 // Prometheus does when its own query fails.
@@ -61,15 +64,54 @@ func NewRemoteQueryFunc(r Remote) (promrules.QueryFunc, error) {
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
 	}
+	secrets := r.secrets(base)
 	return func(ctx context.Context, qs string, t time.Time) (promql.Vector, error) {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		val, err := instantQuery(ctx, client, endpoint.String(), qs, t, timeout)
 		if err != nil {
-			return nil, err
+			return nil, redactSecrets(err, secrets)
 		}
 		return toVector(val)
 	}, nil
+}
+
+// secrets are the credentials that must not show in an error, also as
+// the base64 of a basic-auth header a gateway's error page may echo.
+func (r Remote) secrets(base *url.URL) []string {
+	var out []string
+	add := func(user, pw string) {
+		if pw != "" {
+			out = append(out, pw, base64.StdEncoding.EncodeToString([]byte(user+":"+pw)))
+		}
+	}
+	add(r.BasicAuthUser, r.BasicAuthPassword)
+	if pw, ok := base.User.Password(); ok {
+		add(base.User.Username(), pw)
+	}
+	if r.BearerToken != "" {
+		out = append(out, r.BearerToken)
+	}
+	return out
+}
+
+// redactSecrets replaces the secrets in err's text. net/http already
+// redacts the URL's password; an answer's body (bad_response, or the
+// API's own error text) is the server's and may quote what it was sent.
+func redactSecrets(err error, secrets []string) error {
+	msg := err.Error()
+	redacted := msg
+	for _, s := range secrets {
+		redacted = strings.ReplaceAll(redacted, s, "xxxxx")
+	}
+	if redacted == msg {
+		return err
+	}
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return &apiError{Type: ae.Type, Msg: strings.TrimPrefix(redacted, ae.Type+": ")}
+	}
+	return errors.New(redacted) // not wrapped: the original still holds the secret
 }
 
 // apiError is an error answer of the Prometheus HTTP API; it prints as
@@ -84,10 +126,13 @@ func (e *apiError) Error() string { return e.Type + ": " + e.Msg }
 // instantQuery POSTs to /api/v1/query as promtool and Grafana do (long
 // expressions do not fit a URL) and decodes the answer.
 func instantQuery(ctx context.Context, c *http.Client, endpoint, qs string, t time.Time, timeout time.Duration) (model.Value, error) {
+	// The timeout goes in seconds, which every Prometheus-compatible API
+	// parses; a Go duration such as "1.5s" is refused (bad_data) by
+	// Prometheus 2.x, failing every query.
 	form := url.Values{
 		"query":   {qs},
 		"time":    {strconv.FormatFloat(float64(t.UnixMilli())/1000, 'f', -1, 64)},
-		"timeout": {timeout.String()},
+		"timeout": {strconv.FormatFloat(timeout.Seconds(), 'f', -1, 64)},
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -114,6 +159,10 @@ func instantQuery(ctx context.Context, c *http.Client, endpoint, qs string, t ti
 		return nil, &apiError{Type: "bad_response", Msg: fmt.Sprintf("%s: %s", resp.Status, snippet(body))}
 	}
 	if out.Status != "success" {
+		if out.Status != "error" || out.Error == "" {
+			// JSON, but not the API's: a gateway's {"message": …}.
+			return nil, &apiError{Type: "bad_response", Msg: fmt.Sprintf("%s: %s", resp.Status, snippet(body))}
+		}
 		if out.ErrorType == "" {
 			out.ErrorType = "server_error"
 		}
