@@ -81,7 +81,15 @@ func runDrillVerifyReport(_ context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "backup %s (manifest sha256 %s)\n", rep.Backup.ID, rep.Backup.ManifestSHA256)
 	}
 	if rep.Audit != nil {
-		fmt.Fprintf(e.stdout, "audit entries %d..%d\n", rep.Audit.First, rep.Audit.Last)
+		fmt.Fprintf(e.stdout, "audit entries %d..%d", rep.Audit.First, rep.Audit.Last)
+		if rep.Audit.Checkpoint != "" {
+			// VerifyReport checked it: signed by the audit key, covering the range.
+			lines := strings.SplitN(rep.Audit.Checkpoint, "\n", 3)
+			if len(lines) >= 2 {
+				fmt.Fprintf(e.stdout, ", covered by the signed checkpoint %s at tree size %s: OK", lines[0], lines[1])
+			}
+		}
+		fmt.Fprintln(e.stdout)
 	}
 	return nil
 }
@@ -360,6 +368,16 @@ func runDrillReject(ctx context.Context, e *env, args []string) error {
 	return decideStep(ctx, e, args, "reject")
 }
 
+// runDrillRetry runs again a step a resumed run waits for an operator on.
+func runDrillRetry(ctx context.Context, e *env, args []string) error {
+	return decideStep(ctx, e, args, "retry")
+}
+
+// runDrillSkip considers such a step done; the run goes on.
+func runDrillSkip(ctx context.Context, e *env, args []string) error {
+	return decideStep(ctx, e, args, "skip")
+}
+
 func decideStep(ctx context.Context, e *env, args []string, verb string) error {
 	fs := newFlags(e, "drill "+verb)
 	client := clientFlags(e, fs)
@@ -380,7 +398,7 @@ func decideStep(ctx context.Context, e *env, args []string, verb string) error {
 	if err := c.do(ctx, "POST", path, bytes.NewReader(js), &r); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "%s step %s of run %s (run %s)\n", map[string]string{"approve": "approved", "reject": "rejected"}[verb], fs.Arg(1), r.ID, r.State)
+	fmt.Fprintf(e.stdout, "%s step %s of run %s (run %s)\n", map[string]string{"approve": "approved", "reject": "rejected", "retry": "retrying", "skip": "skipped"}[verb], fs.Arg(1), r.ID, r.State)
 	return nil
 }
 

@@ -71,8 +71,8 @@ type drillKillPoint struct {
 	// ("" for any).
 	atRestart string
 	// decide answers waiting_operator: api-approve (retry through the
-	// API), cli-approve (retry through opsd drill approve), cli-reject
-	// (skip through opsd drill reject).
+	// API), cli-retry (opsd drill retry), cli-skip
+	// (opsd drill skip).
 	decide string
 	// killWaiting kills opsd once more while the run waits for the
 	// operator, to show that the wait survives too.
@@ -100,9 +100,9 @@ var drillKillMatrix = []drillKillPoint{
 	{ranBefore: "one=1", point: "dr.step-running:2", what: "non-idempotent step journaled running, command not started; killed again while waiting for the operator",
 		atRestart: "waiting_operator", decide: "api-approve", killWaiting: true},
 	{ranBefore: "one=1 two=1", point: "dr.step-ran:2", what: "non-idempotent step's command done, its end not journaled",
-		atRestart: "waiting_operator", decide: "cli-reject", steps: map[string]string{"two": "skipped"}},
+		atRestart: "waiting_operator", decide: "cli-skip", steps: map[string]string{"two": "skipped"}},
 	{ranBefore: "one=1 two=1", point: "", what: "inside a non-idempotent exec: the test's own SIGKILL while the command runs",
-		atRestart: "waiting_operator", decide: "cli-approve", more: map[string]int{"two": 1}},
+		atRestart: "waiting_operator", decide: "cli-retry", more: map[string]int{"two": 1}},
 	{ranBefore: "one=1 two=1 flaky=1", point: "dr.retry-backoff:1", what: "first attempt failed and journaled, waiting out the retry backoff"},
 	{ranBefore: "one=1 two=1 flaky=2", point: "dr.approval-waiting:1", what: "waiting for approval", atRestart: "waiting_approval"},
 	{ranBefore: "one=1 two=1 flaky=2", point: "dr.step-ended:4", what: "approval decided and journaled, the next step not started"},
@@ -356,10 +356,10 @@ armed:
 			case "api-approve":
 				resp, body := d.post(t, loc+"/steps/two/approve", testToken, `{"comment":"checked: run it again"}`)
 				code, out = map[bool]int{true: 0, false: 1}[resp.StatusCode == http.StatusAccepted], string(body)
-			case "cli-approve":
-				code, out, errOut = callCLI(t, vars, runDrillApprove, id, "two", "--comment", "checked: run it again")
-			case "cli-reject":
-				code, out, errOut = callCLI(t, vars, runDrillReject, id, "two", "--comment", "it ran: skip it")
+			case "cli-retry":
+				code, out, errOut = callCLI(t, vars, runDrillRetry, id, "two", "--comment", "checked: run it again")
+			case "cli-skip":
+				code, out, errOut = callCLI(t, vars, runDrillSkip, id, "two", "--comment", "it ran: skip it")
 			}
 			if code != 0 {
 				t.Fatalf("operator decision %s = %d\n%s%s", kp.decide, code, out, errOut)
@@ -399,7 +399,7 @@ armed:
 			t.Errorf("flaky: %d attempts journaled, want 2", len(s.Attempts))
 		}
 		if s.ID == "two" && kp.decide != "" {
-			wantOp := map[string]string{"api-approve": "retry", "cli-approve": "retry", "cli-reject": "skip"}[kp.decide]
+			wantOp := map[string]string{"api-approve": "retry", "cli-retry": "retry", "cli-skip": "skip"}[kp.decide]
 			if s.Operator == nil || s.Operator.Action != wantOp {
 				t.Errorf("two: operator decision %+v, want %s", s.Operator, wantOp)
 			}
@@ -423,7 +423,7 @@ armed:
 		out = fmt.Sprintf("%s at restart, then %s", kp.atRestart, out)
 	}
 	if kp.decide != "" {
-		out += " (operator: " + map[string]string{"api-approve": "retry via API", "cli-approve": "retry via CLI", "cli-reject": "skip via CLI"}[kp.decide] + ")"
+		out += " (operator: " + map[string]string{"api-approve": "retry via API", "cli-retry": "retry via opsd drill retry", "cli-skip": "skip via opsd drill skip"}[kp.decide] + ")"
 	}
 	var again []string
 	for k, n := range kp.more {

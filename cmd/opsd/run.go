@@ -79,6 +79,8 @@ func commands() []command {
 		{"drill show", "a run with its steps: state, attempts, durations, approvals", runDrillShow},
 		{"drill approve", "approve a waiting approval step (--comment)", runDrillApprove},
 		{"drill reject", "reject a waiting approval step; the step fails (--comment)", runDrillReject},
+		{"drill retry", "run again a step a resumed run waits for an operator on (--comment)", runDrillRetry},
+		{"drill skip", "skip a step a resumed run waits for an operator on; the run goes on (--comment)", runDrillSkip},
 		{"drill cancel", "cancel a run: compensations, then finally steps", runDrillCancel},
 		{"drill report", "fetch a run's signed report (--md for Markdown, --out FILE)", runDrillReport},
 		{"drill verify-report", "check a signed drill report offline (JSON or Markdown): exit 0 valid, 1 tampered or not signed by the key, 2 cannot verify", runDrillVerifyReport},

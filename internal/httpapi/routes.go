@@ -57,6 +57,8 @@ func (s *Server) routes() {
 		{method: "GET", path: "/api/v1/runs/{id}/events", role: RoleViewer, handler: http.HandlerFunc(s.handleRunEvents)},
 		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/approve", role: RoleOperator, action: "run.approve", object: runStepObject, handler: http.HandlerFunc(s.handleApproveStep)},
 		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/reject", role: RoleOperator, action: "run.reject", object: runStepObject, handler: http.HandlerFunc(s.handleRejectStep)},
+		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/retry", role: RoleOperator, action: "run.retry_step", object: runStepObject, handler: http.HandlerFunc(s.handleRetryStep)},
+		{method: "POST", path: "/api/v1/runs/{id}/steps/{step}/skip", role: RoleOperator, action: "run.skip_step", object: runStepObject, handler: http.HandlerFunc(s.handleSkipStep)},
 		{method: "POST", path: "/api/v1/runs/{id}/cancel", role: RoleOperator, action: "run.cancel", object: pathObject("run", "id"), handler: http.HandlerFunc(s.handleCancelRun)},
 		{method: "GET", path: "/api/v1/runs/{id}/report", role: RoleViewer, handler: http.HandlerFunc(s.handleRunReport)},
 

@@ -31,6 +31,10 @@ type Runs interface {
 	Subscribe(id string) (<-chan state.RunEvent, func())
 	Approve(ctx context.Context, runID, stepID string, actor dr.Actor, comment string) error
 	Reject(ctx context.Context, runID, stepID string, actor dr.Actor, comment string) error
+	// RetryStep and SkipStep decide on a step a resumed run waits for an
+	// operator on (its action is not idempotent): run it again, or go on.
+	RetryStep(ctx context.Context, runID, stepID string, actor dr.Actor, comment string) error
+	SkipStep(ctx context.Context, runID, stepID string, actor dr.Actor, comment string) error
 	Cancel(ctx context.Context, runID string, actor dr.Actor, comment string) error
 	Report(ctx context.Context, id string) (*dr.Report, error)
 	// SignReport signs a report with the audit key (dr.SignReport).
@@ -277,11 +281,25 @@ func (s *Server) handleGetRun(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, v)
 }
 
-func (s *Server) handleApproveStep(w http.ResponseWriter, r *http.Request) { s.decide(w, r, true) }
+func (s *Server) handleApproveStep(w http.ResponseWriter, r *http.Request) {
+	s.decide(w, r, func(rs Runs) decideFunc { return rs.Approve })
+}
 
-func (s *Server) handleRejectStep(w http.ResponseWriter, r *http.Request) { s.decide(w, r, false) }
+func (s *Server) handleRejectStep(w http.ResponseWriter, r *http.Request) {
+	s.decide(w, r, func(rs Runs) decideFunc { return rs.Reject })
+}
 
-func (s *Server) decide(w http.ResponseWriter, r *http.Request, approve bool) {
+func (s *Server) handleRetryStep(w http.ResponseWriter, r *http.Request) {
+	s.decide(w, r, func(rs Runs) decideFunc { return rs.RetryStep })
+}
+
+func (s *Server) handleSkipStep(w http.ResponseWriter, r *http.Request) {
+	s.decide(w, r, func(rs Runs) decideFunc { return rs.SkipStep })
+}
+
+type decideFunc func(ctx context.Context, runID, stepID string, actor dr.Actor, comment string) error
+
+func (s *Server) decide(w http.ResponseWriter, r *http.Request, pick func(Runs) decideFunc) {
 	var body DecisionRequest
 	if !decodeJSON(w, r, &body) {
 		return
@@ -291,10 +309,7 @@ func (s *Server) decide(w http.ResponseWriter, r *http.Request, approve bool) {
 		return
 	}
 	id, step := r.PathValue("id"), r.PathValue("step")
-	decide := runs.Reject
-	if approve {
-		decide = runs.Approve
-	}
+	decide := pick(runs)
 	if err := decide(r.Context(), id, step, s.drActor(r), body.Comment); err != nil {
 		s.runError(w, r, "decide", err)
 		return

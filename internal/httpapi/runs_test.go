@@ -134,6 +134,14 @@ func (f *fakeRuns) Reject(_ context.Context, runID, stepID string, _ dr.Actor, _
 	return f.decide(runID, stepID)
 }
 
+func (f *fakeRuns) RetryStep(_ context.Context, runID, stepID string, _ dr.Actor, _ string) error {
+	return f.decide(runID, stepID)
+}
+
+func (f *fakeRuns) SkipStep(_ context.Context, runID, stepID string, _ dr.Actor, _ string) error {
+	return f.decide(runID, stepID)
+}
+
 func (f *fakeRuns) Cancel(_ context.Context, runID string, _ dr.Actor, _ string) error {
 	v, err := f.view(runID)
 	if err != nil {
