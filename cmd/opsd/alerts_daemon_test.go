@@ -202,6 +202,9 @@ func TestAlertsThroughDaemon(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "DemoNotBackedUp") || !strings.Contains(out, "demo has no backup yet") {
 		t.Errorf("alerts list = %d\n%s\n%s", code, out, errOut)
 	}
+	if code, out, errOut := cli(t, env, "status"); code != 0 || !strings.Contains(out, "DemoNotBackedUp [page] demo") {
+		t.Errorf("status = %d, want the firing alert listed\n%s\n%s", code, out, errOut)
+	}
 	var rl struct {
 		Groups []struct {
 			Name, File, Path string

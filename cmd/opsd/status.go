@@ -129,6 +129,25 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(e.stdout, n)
 	}
 	fmt.Fprintf(e.stdout, "\nruns: %d running, alerts: %d firing, budgets: %d\n", len(st.Runs), len(st.Alerts), len(st.Budgets))
+	for _, raw := range st.Alerts {
+		var a struct {
+			Name     string    `json:"alertname"`
+			Severity string    `json:"severity"`
+			Source   string    `json:"source"`
+			State    string    `json:"state"`
+			Since    time.Time `json:"since"`
+			Summary  string    `json:"summary"`
+		}
+		if json.Unmarshal(raw, &a) != nil {
+			continue
+		}
+		state := ""
+		if a.State == "suppressed" {
+			state = " (silenced or inhibited)"
+		}
+		fmt.Fprintf(e.stdout, "  %s [%s]%s %s, since %s: %s\n", a.Name, dash(a.Severity), state, dash(a.Source),
+			ago(now, &a.Since), dash(a.Summary))
+	}
 	return nil
 }
 

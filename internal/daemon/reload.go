@@ -96,6 +96,8 @@ func restartOnly(a, b *config.Config) []string {
 	check("server timeouts", [4]time.Duration{a.Server.ReadTimeout, a.Server.WriteTimeout, a.Server.IdleTimeout, a.Server.ReadHeaderTimeout},
 		[4]time.Duration{b.Server.ReadTimeout, b.Server.WriteTimeout, b.Server.IdleTimeout, b.Server.ReadHeaderTimeout})
 	check("server.log", a.Server.Log, b.Server.Log)
+	// Links in notifications and rule results are built at start.
+	check("server.external_url", a.Server.ExternalURL, b.Server.ExternalURL)
 	// The drain grace is handed to the HTTP server and job engine at start.
 	check("server.shutdown_grace", a.Server.ShutdownGrace, b.Server.ShutdownGrace)
 	check("audit.signing_key_file", a.Audit.SigningKeyFile, b.Audit.SigningKeyFile)

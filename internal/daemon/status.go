@@ -31,6 +31,16 @@ type Status struct {
 	Budgets        []any          `json:"budgets"`
 }
 
+// AlertSummary is one firing alert in the status.
+type AlertSummary struct {
+	Name     string    `json:"alertname"`
+	Severity string    `json:"severity,omitempty"`
+	Source   string    `json:"source,omitempty"`
+	State    string    `json:"state"` // active or suppressed
+	Since    time.Time `json:"since"`
+	Summary  string    `json:"summary,omitempty"`
+}
+
 // AuditStatus summarises the audit log.
 type AuditStatus struct {
 	TreeSize int64  `json:"tree_size"`
@@ -119,6 +129,13 @@ func (d *Daemon) status(ctx context.Context) (any, error) {
 	}
 	if err := d.audit.Healthy(); err != nil {
 		st.Audit.Healthy, st.Audit.Error = false, err.Error()
+	}
+	// Firing alerts as routing holds them (active or silenced/inhibited).
+	if as, err := d.alerts.router.Alerts(ctx); err == nil {
+		for _, a := range as {
+			st.Alerts = append(st.Alerts, AlertSummary{Name: a.Labels["alertname"], Severity: a.Labels["severity"],
+				Source: a.Labels["source"], State: a.State, Since: a.StartsAt, Summary: a.Annotations["summary"]})
+		}
 	}
 	for _, r := range d.drills.runningDrills(ctx) {
 		st.Runs = append(st.Runs, r)

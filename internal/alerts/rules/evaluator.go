@@ -197,7 +197,7 @@ func (e *Evaluator) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		remote = e.newManager(ctx, qf, "remote")
+		remote = e.newManager(context.WithValue(ctx, remoteBaseKey{}, e.opts.Remote.URL), qf, "remote")
 	}
 
 	e.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"sort"
+	"strings"
 	"time"
 
 	promrules "github.com/prometheus/prometheus/rules"
@@ -170,17 +171,20 @@ type SentAlert struct {
 }
 
 // NotifyTo adapts a function receiving SentAlerts to the rules manager's
-// NotifyFunc, as Prometheus adapts its notifier.
+// NotifyFunc, as Prometheus adapts its notifier. Each alert's generator URL
+// links to where its expression can be looked at: the remote datasource's
+// graph page for the remote path, opsd's rule list for the local path.
 func NotifyTo(externalURL string, send func(ctx context.Context, alerts []SentAlert)) promrules.NotifyFunc {
 	return func(ctx context.Context, expr string, alerts ...*promrules.Alert) {
 		if len(alerts) == 0 {
 			return
 		}
+		gen := generatorURL(ctx, externalURL, expr)
 		out := make([]SentAlert, 0, len(alerts))
 		for _, a := range alerts {
 			s := SentAlert{
 				Labels: a.Labels.Map(), Annotations: a.Annotations.Map(), StartsAt: a.FiredAt,
-				GeneratorURL: generatorURL(externalURL, expr),
+				GeneratorURL: gen,
 			}
 			if !a.ResolvedAt.IsZero() {
 				s.EndsAt = a.ResolvedAt
@@ -193,13 +197,21 @@ func NotifyTo(externalURL string, send func(ctx context.Context, alerts []SentAl
 	}
 }
 
-func generatorURL(externalURL, expr string) string {
+// remoteBaseKey carries the remote datasource's URL in the remote
+// manager's context, for generator URLs.
+type remoteBaseKey struct{}
+
+func generatorURL(ctx context.Context, externalURL, expr string) string {
+	if base, ok := ctx.Value(remoteBaseKey{}).(string); ok && base != "" {
+		u, err := url.Parse(base)
+		if err != nil {
+			return ""
+		}
+		u.User = nil // never hand credentials to a notification
+		return strings.TrimSuffix(u.String(), "/") + strutil.TableLinkForExpression(expr)
+	}
 	if externalURL == "" {
 		return ""
 	}
-	u, err := url.Parse(externalURL)
-	if err != nil {
-		return ""
-	}
-	return u.String() + strutil.TableLinkForExpression(expr)
+	return strings.TrimSuffix(externalURL, "/") + "/api/v1/rules"
 }
