@@ -17,3 +17,6 @@ echo "== checksum verification (internal/backup) =="
 echo
 echo "== scheduler overhead (internal/jobs) =="
 ./bench/schedule.sh
+echo
+echo "== alerts: rule evaluation and routing (internal/alerts) =="
+./bench/alerts.sh
