@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/opsd-dev/opsd/internal/alerts/notify"
+	"github.com/opsd-dev/opsd/internal/state/pgtest"
 )
 
 // slackAPI speaks the two Slack Web API methods opsd uses and keeps a
@@ -556,5 +557,65 @@ steps:
 	})
 	if n := len(hook.messages()); n != 0 {
 		t.Errorf("%d notifications while the drill silenced the source", n)
+	}
+}
+
+// Two replicas share a PostgreSQL state: both evaluate and route, one sends;
+// when it is killed the other takes the lead and does not send the group
+// again (the notification log is shared).
+func TestAlertingTwoReplicas(t *testing.T) {
+	t.Setenv("TEST_STATE_DSN", pgtest.DSN(t))
+	hook := &webhookSink{}
+	hookSrv := httptest.NewServer(hook)
+	defer hookSrv.Close()
+	rules := `groups:
+  - name: test
+    rules:
+      - alert: AlwaysFiring
+        expr: vector(1)
+        labels: {severity: page}
+`
+	var ds [2]*daemonProc
+	var cfgs [2]string
+	for i := range ds {
+		dir := t.TempDir()
+		cfgs[i] = writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname], group_wait: 2s, group_interval: 2s, repeat_interval: 1h}`, "", hookSrv.URL)
+		raw, err := os.ReadFile(cfgs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cfgs[i], append(raw, "state:\n  postgres: ${TEST_STATE_DSN}\n"...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ds[i] = startDaemon(t, cfgs[i], true)
+	}
+	waitFor(t, 60*time.Second, "the notification", func() bool { return len(hook.messages()) > 0 })
+	time.Sleep(5 * time.Second)
+	if n := len(hook.messages()); n != 1 {
+		t.Fatalf("%d notifications from two replicas, want 1", n)
+	}
+	leader := -1
+	for i, d := range ds {
+		if strings.Contains(d.metrics(t), "\nopsd_alerting_lead 1") {
+			if leader >= 0 {
+				t.Fatal("both replicas hold the alerting lead")
+			}
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no replica holds the alerting lead")
+	}
+	if err := ds[leader].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-ds[leader].exited
+	other := ds[1-leader]
+	waitFor(t, 60*time.Second, "the other replica to take the lead", func() bool {
+		return strings.Contains(other.metrics(t), "\nopsd_alerting_lead 1")
+	})
+	time.Sleep(6 * time.Second) // group_wait and a few group intervals on the new lead
+	if n := len(hook.messages()); n != 1 {
+		t.Fatalf("%d notifications after the failover, want still 1 (already sent)", n)
 	}
 }

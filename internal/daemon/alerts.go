@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,14 +28,19 @@ import (
 	"github.com/opsd-dev/opsd/internal/config"
 	"github.com/opsd-dev/opsd/internal/dr"
 	"github.com/opsd-dev/opsd/internal/state"
+	"github.com/opsd-dev/opsd/internal/state/postgres"
 )
 
 // alerting is rule evaluation (Prometheus's engine, local and remote paths)
 // feeding routing (Alertmanager's dispatcher, inhibitor and silences) and
 // the receivers; it serves the alert, rule and silence routes.
 type alerting struct {
-	eval     *rules.Evaluator
-	router   *route.Router
+	eval   *rules.Evaluator
+	router *route.Router
+	// lead is whether this replica sends notifications: always with the
+	// embedded store; with PostgreSQL state, while it holds the alerting
+	// lead (an advisory lock), so that replicas do not all send.
+	lead     atomic.Bool
 	notify   notify.Deps
 	log      *slog.Logger
 	mu       sync.Mutex // guards conf
@@ -52,13 +58,15 @@ func (d *Daemon) openAlerts(cfg *config.Config) error {
 	}
 	a := &alerting{log: log, conf: cfg.Alerts, external: externalURL(cfg)}
 	a.notify = notify.Deps{Messages: stateMessages{st: d.store}, Logger: log, Metrics: nm}
-	ropts := route.Options{Config: cfg.Alerts, Notify: a.notify, ExternalURL: a.external, Logger: d.log}
+	ropts := route.Options{Config: cfg.Alerts, Notify: a.notify, ExternalURL: a.external, Logger: d.log, Sends: a.lead.Load}
 	// Silences and the notification log live with the state: in data_dir
-	// for the embedded store, in PostgreSQL (shared by replicas) otherwise.
+	// for the embedded store, in PostgreSQL (shared by replicas, merged
+	// every few seconds) otherwise.
 	if d.store.Kind() == state.KindPostgres {
 		ropts.State = d.store
 	} else {
 		ropts.DataDir = cfg.DataDir
+		a.lead.Store(true)
 	}
 	if a.router, err = route.New(ropts); err != nil {
 		return err
@@ -82,9 +90,34 @@ func (d *Daemon) openAlerts(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	d.registry.MustRegister(alertsCollector{a.eval})
+	d.registry.MustRegister(alertsCollector{a.eval}, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "opsd_alerting_lead",
+		Help: "1 while this replica sends alert notifications (with PostgreSQL state, one replica holds the lead).",
+	}, func() float64 {
+		if a.lead.Load() {
+			return 1
+		}
+		return 0
+	}))
 	d.alerts = a
 	return nil
+}
+
+// runLead holds the alerting lead while it can (PostgreSQL state only).
+func (d *Daemon) runAlertingLead(ctx context.Context) error {
+	pg, ok := d.store.(*postgres.Store)
+	if !ok {
+		<-ctx.Done()
+		return nil
+	}
+	return pg.Lead(ctx, postgres.LockAlertingLead, 5*time.Second, func(held bool) {
+		d.alerts.lead.Store(held)
+		if held {
+			d.log.Info("this replica now sends alert notifications (alerting lead)", "replica", d.replicaID)
+		} else {
+			d.log.Info("alerting lead released; another replica sends notifications", "replica", d.replicaID)
+		}
+	})
 }
 
 // push hands the rules manager's alerts to routing, as Prometheus's

@@ -329,6 +329,7 @@ func (d *Daemon) run(ctx context.Context, cfg *config.Config) error {
 	actor("drills", d.drills.Run)
 	actor("alert-rules", d.alerts.eval.Run)
 	actor("alert-routing", d.alerts.router.Run)
+	actor("alerting-lead", d.runAlertingLead)
 	actor("dead-mans-switch", d.runDeadman)
 	actor("watchdog", func(ctx context.Context) error { return d.notify.runWatchdog(ctx, d.healthy) })
 	actor("ready", func(ctx context.Context) error {

@@ -28,6 +28,11 @@ var _ amnotify.Notifier = (*adapter)(nil)
 // (HTTP 429 Retry-After) is served here, within ctx, before the retry
 // stage's own backoff, so the next attempt respects it.
 func (a *adapter) Notify(ctx context.Context, alerts ...*alert.Alert) (bool, error) {
+	if a.router.sends != nil && !a.router.sends() {
+		// Another replica holds the alerting lead and sends this group.
+		a.router.logger.Debug("notification left to the replica holding the alerting lead", "receiver", a.receiver, "integration", a.integration)
+		return false, nil
+	}
 	n, err := a.router.notification(ctx, a.receiver, alerts)
 	if err != nil {
 		return false, err

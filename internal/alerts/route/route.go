@@ -66,6 +66,7 @@ const (
 	DefaultMaintenanceInterval = 5 * time.Minute
 	DefaultRetention           = 120 * time.Hour
 	DefaultResolveTimeout      = 5 * time.Minute
+	DefaultSyncInterval        = 10 * time.Second
 )
 
 // Options configure a Router. Config is required; everything else is
@@ -99,6 +100,17 @@ type Options struct {
 	// ResolveTimeout resolves an alert pushed without EndsAt that is not
 	// pushed again within it (Alertmanager's global.resolve_timeout).
 	ResolveTimeout time.Duration
+	// Sends, when set, says whether this replica delivers notifications.
+	// Replicas sharing a state store all route (so each shows the same
+	// alerts and keeps the notification log warm) but only the one
+	// holding the alerting lead sends; the others record the notification
+	// as done without sending it, as Alertmanager's peers do once a peer
+	// has sent it.
+	Sends func() bool
+	// SyncInterval is how often silences and the notification log are
+	// merged with the state store's copy when State is set (default 10s),
+	// so that replicas converge: a silence added on one reaches the others.
+	SyncInterval time.Duration
 }
 
 // Alert is one alert as rule evaluation produces it.
@@ -139,6 +151,8 @@ type Router struct {
 	maintenance    time.Duration
 	retention      time.Duration
 	resolveTimeout time.Duration
+	sends          func() bool
+	shared         bool // the snapshots live in a store other replicas share
 
 	reg         prometheus.Registerer
 	rec         eventrecorder.Recorder
@@ -180,6 +194,7 @@ func New(opts Options) (*Router, error) {
 		maintenance:    opts.MaintenanceInterval,
 		retention:      opts.Retention,
 		resolveTimeout: opts.ResolveTimeout,
+		sends:          opts.Sends,
 		reg:            opts.Registerer,
 		rec:            eventrecorder.NopRecorder(),
 		nflogDirty:     make(chan struct{}, 1),
@@ -204,6 +219,11 @@ func New(opts Options) (*Router, error) {
 	switch {
 	case opts.State != nil:
 		r.store = stateSnapshots{st: opts.State}
+		r.shared = true
+		if opts.SyncInterval <= 0 {
+			opts.SyncInterval = DefaultSyncInterval
+		}
+		r.maintenance = min(r.maintenance, opts.SyncInterval)
 	case opts.DataDir != "":
 		r.store = fileSnapshots{dir: filepath.Join(opts.DataDir, "alerts")}
 	default:
@@ -472,13 +492,40 @@ func (r *Router) persistSilences(ctx context.Context) error {
 }
 
 func (r *Router) persistSilencesLocked(ctx context.Context) error {
+	if err := r.mergeShared(ctx, snapSilences, r.silences.Merge); err != nil {
+		return err
+	}
 	return persist(ctx, r.store, snapSilences, r.silences.GC, func(b *bytes.Buffer) (int64, error) { return r.silences.Snapshot(b) })
 }
 
 func (r *Router) persistNflog(ctx context.Context) error {
 	r.nflogMu.Lock()
 	defer r.nflogMu.Unlock()
+	if err := r.mergeShared(ctx, snapNflog, r.nflog.Merge); err != nil {
+		return err
+	}
 	return persist(ctx, r.store, snapNflog, r.nflog.GC, func(b *bytes.Buffer) (int64, error) { return r.nflog.Snapshot(b) })
+}
+
+// mergeShared merges the shared store's snapshot into the local state
+// before it is written back, so replicas do not overwrite each other's
+// silences and notifications: entries merge as Alertmanager's gossip
+// merges them (the most recently updated wins).
+func (r *Router) mergeShared(ctx context.Context, name string, merge func([]byte) error) error {
+	if !r.shared {
+		return nil
+	}
+	b, err := r.store.load(ctx, name)
+	if err != nil {
+		return fmt.Errorf("read shared %s from %s: %w", name, r.store.where(name), err)
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	if err := merge(b); err != nil {
+		return fmt.Errorf("merge shared %s from %s: %w", name, r.store.where(name), err)
+	}
+	return nil
 }
 
 // Push hands alerts to the router, as a Prometheus server posts them to

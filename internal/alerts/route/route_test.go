@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -571,5 +572,63 @@ func TestPushInvalid(t *testing.T) {
 	as, _ := r.Alerts(context.Background())
 	if len(as) != 1 || as[0].State != route.StateActive {
 		t.Errorf("Alerts() = %+v, want the valid alert, active", as)
+	}
+}
+
+// Two replicas share one state store: a silence added on one reaches the
+// other, expiring it on the other reaches the first, and only the replica
+// that sends (the alerting lead) delivers the group, once.
+func TestReplicasShareState(t *testing.T) {
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "state.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h := newHook(t)
+	var lead atomic.Int32 // which replica sends: 1 or 2
+	lead.Store(1)
+	opts := func(n int32) route.Options {
+		return route.Options{Config: baseConfig(h), State: st, SyncInterval: 100 * time.Millisecond,
+			Sends: func() bool { return lead.Load() == n }}
+	}
+	r1, _ := start(t, opts(1))
+	r2, _ := start(t, opts(2))
+	ctx := context.Background()
+
+	id, err := r1.AddSilence(ctx, []string{`alertname="Silenced"`}, time.Time{}, time.Now().Add(time.Hour), "alice", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the silence on replica 2", func() bool {
+		s, err := r2.GetSilence(ctx, id)
+		return err == nil && s.State == route.SilenceActive
+	})
+	if err := r2.ExpireSilence(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the expiry on replica 1", func() bool {
+		s, err := r1.GetSilence(ctx, id)
+		return err == nil && s.State == route.SilenceExpired
+	})
+
+	// Both replicas evaluate the same rules, so both route the alert; one sends.
+	a := firing("alertname", "Latency", "cluster", "c1", "instance", "i1", "severity", "info")
+	push(t, r1, a)
+	push(t, r2, a)
+	h.waitFor(t, "the notification", func(ms []notify.WebhookMessage) bool { return len(ms) >= 1 })
+	time.Sleep(time.Second)
+	if ms := h.messages(); len(ms) != 1 {
+		t.Fatalf("two replicas sent %s; want one notification", summary(ms))
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
