@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -180,6 +181,9 @@ type Engine struct {
 	waker   *waker
 	// riverPeriodic: see Options.riverPeriodic.
 	riverPeriodic bool
+
+	slotsMu sync.Mutex
+	slots   map[string]time.Time // periodic name → last slot inserted for
 
 	runOnce atomic.Bool
 	phase   atomic.Int32
@@ -461,9 +465,17 @@ func (e *Engine) AddPeriodic(name, spec string, construct func() (river.JobArgs,
 	// River inserts the job ahead of the slot (aheadSchedule); the job
 	// carries the slot as ScheduledAt and in its metadata, and
 	// periodicMiddleware makes it available at the slot.
-	as := &aheadSchedule{sched: sched, ahead: e.ahead}
+	e.slotsMu.Lock()
+	as := &aheadSchedule{sched: sched, ahead: e.ahead, done: e.slots[name]}
+	e.slotsMu.Unlock()
 	pj := river.NewPeriodicJob(as, func() (river.JobArgs, *river.InsertOpts) {
 		called, slot := time.Now(), as.current()
+		e.slotsMu.Lock()
+		if e.slots == nil {
+			e.slots = map[string]time.Time{}
+		}
+		e.slots[name] = slot
+		e.slotsMu.Unlock()
 		args, opts := construct()
 		opts = periodicOpts(opts, slot, called)
 		o, err := withOpsdMetadata(opts, actor, args, slot)

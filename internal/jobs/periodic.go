@@ -49,6 +49,11 @@ type aheadSchedule struct {
 	sched cron.Schedule
 	ahead time.Duration
 
+	// done is the last slot a previous registration of the same name
+	// inserted for (in this process): a reload within ahead of a slot must
+	// not insert it twice.
+	done time.Time
+
 	mu   sync.Mutex
 	slot time.Time // the slot River waits for, zero before the first Next
 }
@@ -64,8 +69,11 @@ func (a *aheadSchedule) Next(t time.Time) time.Time {
 		from = a.slot // the run River just inserted: step from its slot
 	}
 	// On the first call the slot may be less than ahead away: River then
-	// inserts at once, still for that slot.
+	// inserts at once, still for that slot, unless it was inserted already.
 	a.slot = a.sched.Next(from)
+	if !a.done.IsZero() && !a.slot.After(a.done) {
+		a.slot = a.sched.Next(a.done)
+	}
 	return a.slot.Add(-a.ahead)
 }
 

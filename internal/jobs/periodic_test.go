@@ -59,6 +59,42 @@ func TestAheadSchedule(t *testing.T) {
 	}
 }
 
+// TestAheadScheduleReload: a schedule registered again (a config reload)
+// less than ahead before a slot its previous registration inserted does
+// not insert that slot again.
+func TestAheadScheduleReload(t *testing.T) {
+	sched, err := ParseSchedule("@every 1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := time.Date(2026, 3, 2, 10, 1, 0, 0, time.UTC)
+	reload := slot.Add(-500 * time.Millisecond)
+	a := &aheadSchedule{sched: &fixedNext{next: slot, sched: sched}, ahead: time.Second, done: slot}
+	a.Next(reload)
+	if got := a.current(); !got.Equal(slot.Add(time.Minute)) {
+		t.Errorf("slot after a reload at %v = %v, want %v (the next one)", reload, got, slot.Add(time.Minute))
+	}
+	fresh := &aheadSchedule{sched: &fixedNext{next: slot, sched: sched}, ahead: time.Second}
+	if fresh.Next(reload); !fresh.current().Equal(slot) {
+		t.Errorf("first registration at %v: slot %v, want %v", reload, fresh.current(), slot)
+	}
+}
+
+// fixedNext returns next for the first call, then defers to sched.
+type fixedNext struct {
+	next  time.Time
+	sched interface{ Next(time.Time) time.Time }
+	used  bool
+}
+
+func (f *fixedNext) Next(t time.Time) time.Time {
+	if !f.used {
+		f.used = true
+		return f.next
+	}
+	return f.sched.Next(t)
+}
+
 func TestPeriodicOpts(t *testing.T) {
 	slot := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
 	called := slot.Add(-time.Second)
