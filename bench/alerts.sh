@@ -21,6 +21,9 @@ export OPSD_BENCH_WEBHOOK="$hookdir/webhook"
 go test -v -run '^$' -bench 'BenchmarkEvalRoundVsPrometheus' -benchtime=1x -timeout 15m ./internal/alerts/rules | tee "$out" >&2
 ROUTE_ROUNDS=${BENCH_ROUNDS:-5}
 BENCH_ROUNDS=$ROUTE_ROUNDS go test -v -run '^$' -bench 'BenchmarkRouting10k' -benchtime=1x -timeout 15m ./internal/alerts/route | tee -a "$out" >&2
+for b in BenchmarkEvalRoundVsPrometheus BenchmarkRouting10k; do
+	grep -q "^$b.*ns/op" "$out" || { echo "bench: $b did not run or failed (see above)" >&2; exit 1; }
+done
 echo
 prom=$(prometheus --version 2>&1 | head -1 | awk '{print $3}')
 am=$(prometheus-alertmanager --version 2>&1 | head -1 | awk '{print $3}')

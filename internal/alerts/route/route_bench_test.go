@@ -36,7 +36,7 @@ import (
 // has been notified of all 10,000 alerts.
 const (
 	routeBenchAlerts = 10_000
-	routeBenchBatch  = 256 // Prometheus's notifier: --alertmanager.notification-batch-size... is maxBatchSize 256
+	routeBenchBatch  = 256 // Prometheus's notifier sends at most 256 alerts per request (maxBatchSize)
 )
 
 const routeBenchAMConfig = `
