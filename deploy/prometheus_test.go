@@ -50,6 +50,7 @@ func TestPrometheusRules(t *testing.T) {
 	wantAlerts := map[string]string{
 		"OpsdDown":              "up",
 		"BackupStale":           "opsd_backup_last_success_timestamp_seconds",
+		"BackupNeverSucceeded":  "opsd_backup_last_success_timestamp_seconds",
 		"BackupFailures":        "opsd_backup_failures_total",
 		"BackupNotVerified":     "opsd_backup_last_verified_timestamp_seconds",
 		"ComplianceBelowPolicy": "opsd_backup_compliance_level",
@@ -60,11 +61,13 @@ func TestPrometheusRules(t *testing.T) {
 		"AuditAppendFailures":   "opsd_audit_append_failures_total",
 	}
 	// The metrics opsd exports: SPEC §8, plus the audit append failure
-	// counter these rules rely on.
+	// counter and the compliance level each source's policy requires,
+	// which these rules rely on.
 	knownMetrics := []string{
 		"opsd_build_info", "opsd_backup_last_success_timestamp_seconds",
 		"opsd_backup_last_verified_timestamp_seconds", "opsd_backup_duration_seconds",
 		"opsd_backup_bytes_total", "opsd_backup_failures_total", "opsd_backup_compliance_level",
+		"opsd_backup_compliance_required",
 		"opsd_drill_last_rto_seconds", "opsd_drill_last_rpo_seconds", "opsd_drill_last_success",
 		"opsd_alerts", "opsd_notifications_total", "opsd_cost_month_to_date", "opsd_cost_forecast",
 		"opsd_budget_limit", "opsd_audit_tree_size", "opsd_audit_append_seconds",
