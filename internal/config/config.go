@@ -40,8 +40,13 @@ func (c *Config) Hash() string { return c.hash }
 type State struct {
 	// Postgres is a PostgreSQL DSN; empty means embedded SQLite in DataDir.
 	Postgres Secret `yaml:"postgres"`
-	// Workers is how many background jobs run at once (default 4, 1..256).
+	// Workers is how many background jobs run at once (default 16,
+	// 1..256): scheduled jobs start on time even when many fall due
+	// together.
 	Workers int `yaml:"workers"`
+	// BackupConcurrency is how many backups move data at once on this
+	// replica (default 4, 1..256); more wait, queued, for a slot.
+	BackupConcurrency int `yaml:"backup_concurrency"`
 }
 
 // Server configures the HTTP API.

@@ -59,7 +59,7 @@ func TestLoadMinimal(t *testing.T) {
 	}
 	want := &Config{
 		DataDir: "/var/lib/opsd",
-		State:   State{Workers: 4},
+		State:   State{Workers: 16, BackupConcurrency: 4},
 		Server: Server{
 			Listen:            "127.0.0.1:8470",
 			ReadTimeout:       30 * time.Second,
@@ -116,7 +116,7 @@ func TestLoadFull(t *testing.T) {
 	}
 	want := &Config{
 		DataDir: dir + "/var/opsd",
-		State:   State{Postgres: "postgres://opsd:state-pw@db.internal/opsd", Workers: 8},
+		State:   State{Postgres: "postgres://opsd:state-pw@db.internal/opsd", Workers: 8, BackupConcurrency: 4},
 		Server: Server{
 			Listen: "0.0.0.0:8443",
 			TLS: &TLS{

@@ -9,14 +9,15 @@ import (
 
 // Defaults that other packages may want to show or compare with.
 const (
-	DefaultDataDir      = "/var/lib/opsd"
-	DefaultListen       = "127.0.0.1:8470"
-	DefaultWorkers      = 4
-	DefaultZstdLevel    = 3
-	DefaultCurrency     = "USD"
-	BuiltinPrices       = "builtin"
-	DefaultMaxBodyBytes = Size(1 << 20)
-	DefaultSegmentSize  = Size(64 << 20)
+	DefaultDataDir           = "/var/lib/opsd"
+	DefaultListen            = "127.0.0.1:8470"
+	DefaultWorkers           = 16
+	DefaultBackupConcurrency = 4
+	DefaultZstdLevel         = 3
+	DefaultCurrency          = "USD"
+	BuiltinPrices            = "builtin"
+	DefaultMaxBodyBytes      = Size(1 << 20)
+	DefaultSegmentSize       = Size(64 << 20)
 )
 
 // applyDefaults fills what the file left out. A value written explicitly,
@@ -36,6 +37,9 @@ func (l *loader) applyDefaults(c *Config) {
 	setString("data_dir", &c.DataDir, DefaultDataDir)
 	if !l.isSet("state.workers") {
 		c.State.Workers = DefaultWorkers
+	}
+	if !l.isSet("state.backup_concurrency") {
+		c.State.BackupConcurrency = DefaultBackupConcurrency
 	}
 
 	s := &c.Server

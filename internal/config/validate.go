@@ -199,6 +199,9 @@ func (l *loader) validateState(c *Config) {
 	if w := c.State.Workers; w < 1 || w > 256 {
 		l.errPath("state.workers", "must be from 1 to 256")
 	}
+	if n := c.State.BackupConcurrency; n < 1 || n > 256 {
+		l.errPath("state.backup_concurrency", "must be from 1 to 256")
+	}
 }
 
 func looksLikeDSN(s string) bool {

@@ -64,3 +64,38 @@ func TestNoTwoBackupsOfOneSource(t *testing.T) {
 		t.Error("source lock still held after the backup ended")
 	}
 }
+
+// With every backup slot taken (state.backup_concurrency), a backup's job
+// starts but the backup stays queued until a slot frees.
+func TestBackupWaitsForASlot(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	f.svc.slots = make(chan struct{}, 1)
+	f.svc.slots <- struct{}{} // another backup holds the only slot
+	b, err := f.svc.Enqueue(ctx, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- f.svc.work(ctx, 1, b.QueuedAt, f.queue.args[0]) }()
+	time.Sleep(300 * time.Millisecond)
+	got, _, err := f.store.GetBackup(ctx, b.ID)
+	if err != nil || got.State != state.BackupQueued {
+		t.Fatalf("backup while no slot is free = %s, %v; want queued", got.State, err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("backup finished without a slot: %v", err)
+	default:
+	}
+	<-f.svc.slots // the other backup ends
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := f.store.GetBackup(ctx, b.ID); got.State != state.BackupSucceeded {
+		t.Fatalf("backup after a slot freed = %s, want succeeded", got.State)
+	}
+	if len(f.svc.slots) != 0 {
+		t.Errorf("%d slots still held after the backup", len(f.svc.slots))
+	}
+}

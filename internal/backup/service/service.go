@@ -115,6 +115,10 @@ type Service struct {
 	queue Queue
 	live  sync.Map // backup id → *atomic.Pointer[backup.Progress], while running here
 	locks lockState
+	// slots bounds the backups moving data at once in this process
+	// (state.backup_concurrency); job workers are more numerous so that
+	// scheduled backups start, and queue, on time.
+	slots chan struct{}
 }
 
 // Progress reports the progress of a backup running in this process.
@@ -167,7 +171,27 @@ func New(opts Options) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{opts: opts, log: log.With("component", "backup")}, nil
+	n := opts.Config().State.BackupConcurrency
+	if n < 1 {
+		n = config.DefaultBackupConcurrency
+	}
+	return &Service{opts: opts, log: log.With("component", "backup"), slots: make(chan struct{}, n)}, nil
+}
+
+// acquireSlot waits for one of the backup slots; the backup stays queued
+// meanwhile.
+func (s *Service) acquireSlot(ctx context.Context, log *slog.Logger) (release func(), err error) {
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		log.Info("waiting for a backup slot", "backup_concurrency", cap(s.slots))
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return func() { <-s.slots }, nil
 }
 
 // Register adds the backup worker to workers.
@@ -341,6 +365,11 @@ func (s *Service) work(ctx context.Context, jobID int64, created time.Time, args
 		s.removeObjects(ctx, sc, args.Source+"/"+id+"/", log)
 	}
 
+	releaseSlot, err := s.acquireSlot(ctx, log)
+	if err != nil {
+		return fmt.Errorf("backup %s: waiting for a backup slot: %w", id, err)
+	}
+	defer releaseSlot()
 	started := s.opts.Now().UTC()
 	b.State, b.StartedAt, b.JobID, b.Error = state.BackupRunning, started, jobID, ""
 	if err := s.opts.Store.UpdateBackup(ctx, b); err != nil {
