@@ -76,6 +76,9 @@ func (d *Daemon) applyReload(ctx context.Context) error {
 		d.log.Info("runbooks reloaded", "dir", next.Runbooks.Dir, "runbooks", strings.Join(names, ","))
 	}
 	d.cfg.Store(&loadedConfig{Config: next, loadedAt: time.Now().UTC()})
+	// Metric series of added sources and targets start now (so their alerts
+	// can fire); those of removed ones go (so theirs cannot).
+	d.backups.InitMetrics(ctx)
 	d.log.Info("config reloaded", "config_hash", next.Hash())
 	return nil
 }

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/riverqueue/river"
 
 	"github.com/opsd-dev/opsd/internal/config"
@@ -97,5 +100,57 @@ func TestBackupWaitsForASlot(t *testing.T) {
 	}
 	if len(f.svc.slots) != 0 {
 		t.Errorf("%d slots still held after the backup", len(f.svc.slots))
+	}
+}
+
+// Failure counters start at 0 for every configured source and target (a
+// rule sees the first failure as an increase); after a reload removes a
+// source or target, its series are gone.
+func TestInitMetricsFollowsConfig(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, t.TempDir())
+	f.svc.InitMetrics(ctx)
+	count := func(source, target string) int {
+		n := 0
+		ch := make(chan prometheus.Metric, 1000)
+		f.metrics.failures.Collect(ch)
+		close(ch)
+		for m := range ch {
+			var pb dto.Metric
+			if err := m.Write(&pb); err != nil {
+				t.Fatal(err)
+			}
+			labels := map[string]string{}
+			for _, l := range pb.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["source"] == source && (target == "" || labels["target"] == target) {
+				if pb.GetCounter().GetValue() != 0 {
+					t.Errorf("%v = %v, want 0", labels, pb.GetCounter().GetValue())
+				}
+				n++
+			}
+		}
+		return n
+	}
+	if n := count("demo", "b"); n != len(failureReasons) {
+		t.Fatalf("demo/b has %d failure series, want %d (one per reason)", n, len(failureReasons))
+	}
+	cfg := f.svc.opts.Config()
+	cfg.Sources["demo"].Targets = []string{"a"}
+	f.svc.InitMetrics(ctx)
+	if n := count("demo", "b"); n != 0 {
+		t.Errorf("after target b left the config: %d series of demo/b, want 0", n)
+	}
+	if n := count("demo", "a"); n != len(failureReasons) {
+		t.Errorf("demo/a has %d series, want %d", n, len(failureReasons))
+	}
+	delete(cfg.Sources, "demo")
+	f.svc.InitMetrics(ctx)
+	if n := count("demo", ""); n != 0 {
+		t.Errorf("after demo left the config: %d series, want 0", n)
+	}
+	if got := testutil.CollectAndCount(f.metrics.lastSuccess); got != 0 {
+		t.Errorf("last-success series after demo left = %d, want 0", got)
 	}
 }

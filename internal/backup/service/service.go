@@ -32,11 +32,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"filippo.io/age"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 	"golang.org/x/mod/sumdb/note"
 
@@ -119,6 +121,9 @@ type Service struct {
 	// (state.backup_concurrency); job workers are more numerous so that
 	// scheduled backups start, and queue, on time.
 	slots chan struct{}
+
+	metricsMu     sync.Mutex
+	metricSources map[string][]string // source → targets with metric series
 }
 
 // Progress reports the progress of a backup running in this process.
@@ -582,18 +587,59 @@ func (s *Service) observe(src string, b state.Backup, d time.Duration) {
 // InitMetrics sets opsd_backup_last_success_timestamp_seconds for every
 // configured source: the newest succeeded backup's finish time, or 0 so
 // alerts see sources that never succeeded.
+//
+// Every failure counter of a configured source and target starts at 0, so
+// that the first failure is an increase a rule sees (a counter first seen
+// at 1 is not). Called again after a reload, it drops the series of
+// sources and targets no longer configured, so no alert fires for them.
 func (s *Service) InitMetrics(ctx context.Context) {
-	if s.opts.Metrics == nil {
+	m := s.opts.Metrics
+	if m == nil {
 		return
 	}
-	for name := range s.opts.Config().Sources {
+	cfg := s.opts.Config()
+	for name, sc := range cfg.Sources {
 		v := 0.0
 		if b, err := s.opts.Store.LatestBackup(ctx, name, state.BackupSucceeded); err == nil {
 			v = float64(b.FinishedAt.Unix())
 		}
-		s.opts.Metrics.lastSuccess.WithLabelValues(name).Set(v)
+		m.lastSuccess.WithLabelValues(name).Set(v)
+		for _, t := range sc.Targets {
+			for _, r := range failureReasons {
+				m.failures.WithLabelValues(name, t, r)
+			}
+		}
+	}
+	s.metricsMu.Lock()
+	defer s.metricsMu.Unlock()
+	for name := range s.metricSources {
+		sc, ok := cfg.Sources[name]
+		if !ok {
+			for _, v := range []interface {
+				DeletePartialMatch(prometheus.Labels) int
+			}{m.lastSuccess, m.duration, m.bytes, m.failures, m.lastVerified, m.compliance, m.required} {
+				v.DeletePartialMatch(prometheus.Labels{"source": name})
+			}
+			continue
+		}
+		for _, t := range s.metricSources[name] {
+			if !slices.Contains(sc.Targets, t) {
+				for _, v := range []interface {
+					DeletePartialMatch(prometheus.Labels) int
+				}{m.bytes, m.failures, m.lastVerified} {
+					v.DeletePartialMatch(prometheus.Labels{"source": name, "target": t})
+				}
+			}
+		}
+	}
+	s.metricSources = map[string][]string{}
+	for name, sc := range cfg.Sources {
+		s.metricSources[name] = slices.Clone(sc.Targets)
 	}
 }
+
+// failureReasons are the reason label values of opsd_backup_failures_total.
+var failureReasons = []string{"source", "target", "encryption", "interrupted", "checksum", "restore"}
 
 // Recipients returns the age recipients of a source: the configured ones
 // plus the recipient of its age_identity_file (which may have been
