@@ -91,6 +91,11 @@ func (d *Daemon) openDrills(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	// The drill gauges come back from the journal: a restart must not
+	// resolve DrillFailed (or forget the last RTO/RPO measured).
+	rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	set.Engine.RestoreMetrics(rctx, set.names)
+	cancel()
 	d.drills = set
 	log.Info("runbooks loaded", "dir", cfg.Runbooks.Dir, "runbooks", strings.Join(set.names, ","))
 	return nil

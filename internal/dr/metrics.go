@@ -1,6 +1,7 @@
 package dr
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,4 +68,30 @@ func (m *Metrics) RPOGauge(runbook string) prometheus.Gauge { return m.rpo.WithL
 // SuccessGauge returns opsd_drill_last_success{runbook}.
 func (m *Metrics) SuccessGauge(runbook string) prometheus.Gauge {
 	return m.success.WithLabelValues(runbook)
+}
+
+// RestoreMetrics sets the drill gauges of each runbook from its newest
+// ended drill in the journal, so that a restart neither forgets a failed
+// drill (resolving DrillFailed) nor one that met its objectives.
+func (e *Engine) RestoreMetrics(ctx context.Context, runbooks []string) {
+	if e.cfg.Metrics == nil {
+		return
+	}
+	for _, name := range runbooks {
+		runs, _, err := e.cfg.Store.ListRuns(ctx, state.RunFilter{Runbook: name,
+			States: []string{state.RunSucceeded, state.RunFailed, state.RunCancelled}, Limit: 100})
+		if err != nil {
+			e.logger.WarnContext(ctx, "drill metrics not restored", "runbook", name, "err", err)
+			continue
+		}
+		for _, r := range runs {
+			if r.Mode != "drill" || r.DryRun {
+				continue
+			}
+			if rep, err := e.buildReport(ctx, r.ID); err == nil {
+				e.cfg.Metrics.observe(rep)
+			}
+			break
+		}
+	}
 }

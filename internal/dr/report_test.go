@@ -199,6 +199,20 @@ func TestDisruptionParam(t *testing.T) {
 	if got := testutil.ToFloat64(h.metrics.SuccessGauge("orders-drill")); got != 0 {
 		t.Errorf("opsd_drill_last_success = %v, want 0 (run failed)", got)
 	}
+
+	// After a restart the gauges come back from the journal.
+	h.shutdown()
+	fresh, _ := dr.NewMetrics(prometheus.NewRegistry())
+	fresh.SuccessGauge("orders-drill").Set(1) // what a forgetful restart would show
+	h.metrics = fresh
+	e := h.start(rb)
+	e.RestoreMetrics(context.Background(), []string{"orders-drill", "no-such-runbook"})
+	if got := testutil.ToFloat64(fresh.SuccessGauge("orders-drill")); got != 0 {
+		t.Errorf("opsd_drill_last_success after restart = %v, want 0 (restored from the journal)", got)
+	}
+	if got := testutil.ToFloat64(fresh.RPOGauge("orders-drill")); got != 7200 {
+		t.Errorf("opsd_drill_last_rpo_seconds after restart = %v, want 7200", got)
+	}
 }
 
 type fakeAudit struct{}
