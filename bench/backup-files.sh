@@ -10,6 +10,13 @@
 #
 #   bench/backup-files.sh                 # 256 MiB and 1 GiB
 #   BENCH_SIZES_MIB="64" bench/backup-files.sh
+#
+# Knobs: BENCH_SIZES_MIB (tree sizes), BENCH_TARGETS (default "local, s3,
+# gcs"), GCS_CHUNK (bench/lib.sh), BENCH_REPEATS (default 1: alternated
+# rounds of the pipe and each opsd per size; the table shows medians and
+# the highest RSS), BENCH_OPSD (space-separated prebuilt opsd binaries to
+# compare side by side, e.g. before and after a change, one row each;
+# default the opsd built from this tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 require_tools_list="tar zstd age age-keygen go curl jq python3"
@@ -24,6 +31,13 @@ age-keygen -o "$WORK/age.key" 2>/dev/null
 RECIPIENT=$(age-keygen -y "$WORK/age.key")
 start_stores
 
+REPEATS=${BENCH_REPEATS:-1}
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+highest() { printf '%s\n' "$@" | sort -g | tail -1; }
+# shellcheck disable=SC2206 # a space-separated list
+OPSD_BINS=(${BENCH_OPSD:-$WORK/opsd})
+label() { if [[ -z ${BENCH_OPSD:-} ]]; then echo "opsd backup run (3 targets)"; else echo "opsd $(basename "$1")"; fi; }
+
 results=()
 for mib in ${BENCH_SIZES_MIB:-256 1024}; do
 	tree="$WORK/tree-$mib"
@@ -31,37 +45,57 @@ for mib in ${BENCH_SIZES_MIB:-256 1024}; do
 	python3 bench/gentree.py "$tree" "$mib"
 	sync
 
-	log "baseline: tar | zstd -3 -T0 | age ($mib MiB)"
-	t0=$(now)
-	tar -cf - -C "$tree" . | zstd -q -3 -T0 | age -r "$RECIPIENT" >"$WORK/pipe.tar.zst.age"
-	pipe_secs=$(since "$t0")
-	pipe_size=$(stat -c %s "$WORK/pipe.tar.zst.age")
-	rm -f "$WORK/pipe.tar.zst.age"
-
-	rm -rf "$WORK/versity/data/opsd-bench/"* "$WORK/gcs/opsd-bench/"*
 	write_opsd_config "$WORK/opsd.yaml" "    type: files
     paths: [\"$tree\"]"
-	log "opsd backup run bench --wait ($mib MiB; ${BENCH_TARGETS:-local, s3, gcs})"
-	opsd_backup "$WORK/opsd.yaml"
-	results+=("$mib $pipe_secs $pipe_size $OPSD_SECS $STORED_BYTES $OPSD_RSS_MIB $OPSD_CPU $S3_CPU $GCS_CPU $RAW_BYTES")
+	pipe_runs=()
+	declare -A runs=() rss=() cpu=() s3cpu=() gcscpu=() stored=()
+	for round in $(seq "$REPEATS"); do
+		log "round $round/$REPEATS: baseline tar | zstd -3 -T0 | age ($mib MiB)"
+		t0=$(now)
+		tar -cf - -C "$tree" . | zstd -q -3 -T0 | age -r "$RECIPIENT" >"$WORK/pipe.tar.zst.age"
+		pipe_runs+=("$(since "$t0")")
+		pipe_size=$(stat -c %s "$WORK/pipe.tar.zst.age")
+		rm -f "$WORK/pipe.tar.zst.age"
+
+		for i in "${!OPSD_BINS[@]}"; do
+			[[ ${OPSD_BINS[$i]} == "$WORK/opsd" ]] || cp "${OPSD_BINS[$i]}" "$WORK/opsd"
+			rm -rf "$WORK/versity/data/opsd-bench/"* "$WORK/gcs/opsd-bench/"* "$WORK/opsd-data" "$WORK/backups-local/"*
+			log "round $round/$REPEATS: $(label "${OPSD_BINS[$i]}") ($mib MiB; ${BENCH_TARGETS:-local, s3, gcs})"
+			opsd_backup "$WORK/opsd.yaml"
+			runs[$i]+=" $OPSD_SECS" rss[$i]+=" $OPSD_RSS_MIB" cpu[$i]+=" $OPSD_CPU" s3cpu[$i]+=" $S3_CPU" gcscpu[$i]+=" $GCS_CPU"
+			stored[$i]=$STORED_BYTES
+		done
+	done
+	pipe_secs=$(median "${pipe_runs[@]}")
+	[[ $REPEATS == 1 ]] || echo "$mib MiB, $REPEATS alternated rounds: pipe ${pipe_runs[*]} s" >&2
+	for i in "${!OPSD_BINS[@]}"; do
+		# shellcheck disable=SC2086 # word lists
+		results+=("$mib|$pipe_secs|$pipe_size|$(median ${runs[$i]})|${stored[$i]}|$(highest ${rss[$i]})|$(median ${cpu[$i]})|$(median ${s3cpu[$i]})|$(median ${gcscpu[$i]})|$RAW_BYTES|$(label "${OPSD_BINS[$i]}")")
+		[[ $REPEATS == 1 ]] || echo "$mib MiB, $REPEATS alternated rounds: $(label "${OPSD_BINS[$i]}")${runs[$i]} s" >&2
+	done
+	unset runs rss cpu s3cpu gcscpu stored
 	rm -rf "$tree"
 done
 
 echo
 echo "files tree (bench/gentree.py); targets ${BENCH_TARGETS:-local, s3, gcs}; $(nproc) cores; $(date -u +%F)"
 printf "%-9s %-36s %8s %8s %9s %11s %8s %22s\n" "tree" "backup" "s" "MB/s" "vs pipe" "stored MiB" "RSS MiB" "CPU s opsd/s3/gcs"
+last=""
 for r in "${results[@]}"; do
-	read -r mib ps pz os oz rss oc sc gc raw <<<"$r"
-	awk -v mib="$mib" -v ps="$ps" -v pz="$pz" -v os="$os" -v oz="$oz" -v rss="$rss" -v oc="$oc" -v sc="$sc" -v gc="$gc" -v raw="$raw" 'BEGIN {
-		printf "%-9s %-36s %8.2f %8.1f %8.2fx %11.1f %8s %22s\n", mib " MiB", "tar | zstd -3 -T0 | age", ps, raw / 1e6 / ps, 1, pz / 1048576, "-", "-"
-		printf "%-9s %-36s %8.2f %8.1f %8.2fx %11.1f %8s %22s\n", mib " MiB", "opsd backup run (3 targets)", os, raw / 1e6 / os, os / ps, oz / 1048576, rss, oc "/" sc "/" gc
+	IFS='|' read -r mib ps pz os oz rss oc sc gc raw name <<<"$r"
+	awk -v mib="$mib" -v ps="$ps" -v pz="$pz" -v os="$os" -v oz="$oz" -v rss="$rss" -v oc="$oc" -v sc="$sc" -v gc="$gc" -v raw="$raw" -v name="$name" -v pipe="$([[ $mib == "$last" ]] || echo 1)" 'BEGIN {
+		if (pipe) printf "%-9s %-36s %8.2f %8.1f %8.2fx %11.1f %8s %22s\n", mib " MiB", "tar | zstd -3 -T0 | age", ps, raw / 1e6 / ps, 1, pz / 1048576, "-", "-"
+		printf "%-9s %-36s %8.2f %8.1f %8.2fx %11.1f %8s %22s\n", mib " MiB", name, os, raw / 1e6 / os, os / ps, oz / 1048576, rss, oc "/" sc "/" gc
 	}'
+	last=$mib
 done
 echo
 printf "%-44s %-18s %s\n" "target" "got" "result"
 for r in "${results[@]}"; do
-	read -r mib ps pz os oz rss oc sc gc raw <<<"$r"
+	IFS='|' read -r mib ps pz os oz rss oc sc gc raw name <<<"$r"
+	suffix="$mib MiB"
+	[[ -z ${BENCH_OPSD:-} ]] || suffix="$mib MiB, ${name#opsd }"
 	ratio=$(awk -v a="$os" -v b="$ps" 'BEGIN {printf "%.2f", a / b}')
-	printf "%-44s %-18s %s\n" "opsd files backup <= 1.3x pipe ($mib MiB)" "${ratio}x" "$(awk -v a="$ratio" 'BEGIN { print (a <= 1.3 ? "PASS" : "MISS") }')"
-	printf "%-44s %-18s %s\n" "opsd peak RSS <= 200 MiB ($mib MiB)" "$rss MiB" "$(awk -v a="$rss" 'BEGIN { print (a <= 200 ? "PASS" : "MISS") }')"
+	printf "%-44s %-18s %s\n" "opsd files backup <= 1.3x pipe ($suffix)" "${ratio}x" "$(awk -v a="$ratio" 'BEGIN { print (a <= 1.3 ? "PASS" : "MISS") }')"
+	printf "%-44s %-18s %s\n" "opsd peak RSS <= 200 MiB ($suffix)" "$rss MiB" "$(awk -v a="$rss" 'BEGIN { print (a <= 200 ? "PASS" : "MISS") }')"
 done

@@ -13,15 +13,15 @@
 // each encoder it may use (two when the level adapts, see
 // Options.FixedLevel).
 //
-// The level adapts per frame. At SpeedDefault (zstd level 3) a frame is
-// compressed with klauspost's fastest encoder where a probe — a few
-// samples of the frame compressed both ways — comes out no larger with
-// it than with the configured level: on a PostgreSQL dump or log text the
-// fastest encoder compresses as well (on the dump: better) at nearly
-// twice the speed, while source code, binaries and trees with repeated
-// files keep level 3. At the higher levels only frames whose samples do
-// not compress at all take the fastest encoder (which stores them as raw
-// blocks). Every frame is a standard zstd frame either way.
+// The level adapts per frame. At SpeedDefault (zstd levels 3 to 5) a
+// frame is compressed with klauspost's fastest encoder where a probe — a
+// few samples of the frame compressed both ways — comes out no larger
+// with it than with the configured level: on a PostgreSQL dump or log
+// text the fastest encoder compresses as well (on the dump: better) at
+// nearly twice the speed, while source code, binaries and trees with
+// repeated files keep level 3. At the higher levels only frames whose
+// samples do not compress at all take the fastest encoder, which stores
+// such blocks raw. Every frame is a standard zstd frame either way.
 package pzstd
 
 import (
@@ -76,7 +76,7 @@ type job struct {
 	done    chan struct{}
 }
 
-// Stats count the frames written so far by encoder.
+// Stats count the frames compressed so far, by encoder.
 type Stats struct {
 	Frames int64 // frames compressed
 	Fast   int64 // of which with the fastest encoder in place of Level
