@@ -65,6 +65,39 @@ func (s *slackAPI) calls() []slackCall {
 }
 
 // webhookSink records Alertmanager v4 payloads.
+// newWebhookSink starts a webhook receiver for the test and returns its URL.
+func newWebhookSink(t *testing.T) (*webhookSink, string) {
+	t.Helper()
+	hook := &webhookSink{}
+	srv := httptest.NewServer(hook)
+	t.Cleanup(srv.Close)
+	return hook, srv.URL
+}
+
+// vectorRule is a rule file with one alert that always fires.
+func vectorRule(name, labels string) string {
+	return fmt.Sprintf(`groups:
+  - name: test
+    rules:
+      - alert: %s
+        expr: vector(1)
+        labels: %s
+`, name, labels)
+}
+
+// appendConfig appends YAML to a config file.
+func appendConfig(t *testing.T, path, extra string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(extra); err != nil {
+		t.Fatal(err)
+	}
+}
+
 type webhookSink struct {
 	mu     sync.Mutex
 	msgs   []notify.WebhookMessage
@@ -129,14 +162,7 @@ func writeAlertsYAML(t *testing.T, dir, rules, extra string) string {
 	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte(rules), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(extra); err != nil {
-		t.Fatal(err)
-	}
+	appendConfig(t, path, extra)
 	return path
 }
 
@@ -148,9 +174,7 @@ func TestAlertsThroughDaemon(t *testing.T) {
 	slack := &slackAPI{}
 	slackSrv := httptest.NewServer(slack)
 	defer slackSrv.Close()
-	hook := &webhookSink{}
-	hookSrv := httptest.NewServer(hook)
-	defer hookSrv.Close()
+	hook, hookURL := newWebhookSink(t)
 	rules := `groups:
   - name: test
     rules:
@@ -160,7 +184,7 @@ func TestAlertsThroughDaemon(t *testing.T) {
         annotations: {summary: "{{ $labels.source }} has no backup yet"}
 `
 	cfg := writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname, source], group_wait: 1s, group_interval: 1s, repeat_interval: 1h}`,
-		slackSrv.URL, hookSrv.URL)
+		slackSrv.URL, hookURL)
 	d := startDaemon(t, cfg, true)
 	env := map[string]string{"OPSD_ADDR": d.addr, "OPSD_TOKEN": testToken}
 
@@ -281,17 +305,9 @@ func TestAlertsThroughDaemon(t *testing.T) {
 // once; a second kill -9 after it went out does not send it again.
 func TestAlertSentOnceAcrossKill(t *testing.T) {
 	dir := t.TempDir()
-	hook := &webhookSink{}
-	hookSrv := httptest.NewServer(hook)
-	defer hookSrv.Close()
-	rules := `groups:
-  - name: test
-    rules:
-      - alert: AlwaysFiring
-        expr: vector(1)
-        labels: {severity: page, source: demo}
-`
-	cfg := writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname], group_wait: 8s, group_interval: 2s, repeat_interval: 1h}`, "", hookSrv.URL)
+	hook, hookURL := newWebhookSink(t)
+	rules := vectorRule("AlwaysFiring", "{severity: page, source: demo}")
+	cfg := writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname], group_wait: 8s, group_interval: 2s, repeat_interval: 1h}`, "", hookURL)
 	d := startDaemon(t, cfg, true)
 	// The alert reaches routing, then the process dies inside group_wait.
 	waitFor(t, 30*time.Second, "the alert in routing", func() bool {
@@ -343,16 +359,8 @@ func TestNotificationsFailingAlert(t *testing.T) {
 		http.Error(w, "upstream down", http.StatusInternalServerError)
 	}))
 	defer brokenSrv.Close()
-	hook := &webhookSink{}
-	hookSrv := httptest.NewServer(hook)
-	defer hookSrv.Close()
-	rules := `groups:
-  - name: test
-    rules:
-      - alert: AlwaysFiring
-        expr: vector(1)
-        labels: {severity: page}
-`
+	hook, hookURL := newWebhookSink(t)
+	rules := vectorRule("AlwaysFiring", "{severity: page}")
 	cfg := writeAlertsYAML(t, dir, rules, fmt.Sprintf(`alerts:
   rule_files: [./rules.yaml]
   evaluation_interval: 1s
@@ -367,7 +375,7 @@ func TestNotificationsFailingAlert(t *testing.T) {
   receivers:
     pager: {webhook: {url: %q}}
     fallback: {webhook: {url: %q}}
-`, brokenSrv.URL, hookSrv.URL))
+`, brokenSrv.URL, hookURL))
 	d := startDaemon(t, cfg, true)
 	waitFor(t, 90*time.Second, "NotificationsFailing at the fallback receiver", func() bool {
 		for _, m := range hook.messages() {
@@ -467,24 +475,10 @@ func (d *daemonProc) metrics(t *testing.T) string {
 // silence naming the run; the silence ends with the run.
 func TestDrillSilencesAlerts(t *testing.T) {
 	dir := t.TempDir()
-	hook := &webhookSink{}
-	hookSrv := httptest.NewServer(hook)
-	defer hookSrv.Close()
-	rules := `groups:
-  - name: test
-    rules:
-      - alert: DemoAlert
-        expr: vector(1)
-        labels: {severity: page, source: demo}
-`
-	cfg := writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname], group_wait: 30s, group_interval: 30s, repeat_interval: 1h}`, "", hookSrv.URL)
-	raw, err := os.ReadFile(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cfg, append(raw, "runbooks: {dir: ./runbooks}\n"...), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	hook, hookURL := newWebhookSink(t)
+	rules := vectorRule("DemoAlert", "{severity: page, source: demo}")
+	cfg := writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname], group_wait: 30s, group_interval: 30s, repeat_interval: 1h}`, "", hookURL)
+	appendConfig(t, cfg, "runbooks: {dir: ./runbooks}\n")
 	runbook := `name: demo-drill
 steps:
   - id: hold
@@ -565,28 +559,14 @@ steps:
 // again (the notification log is shared).
 func TestAlertingTwoReplicas(t *testing.T) {
 	t.Setenv("TEST_STATE_DSN", pgtest.DSN(t))
-	hook := &webhookSink{}
-	hookSrv := httptest.NewServer(hook)
-	defer hookSrv.Close()
-	rules := `groups:
-  - name: test
-    rules:
-      - alert: AlwaysFiring
-        expr: vector(1)
-        labels: {severity: page}
-`
+	hook, hookURL := newWebhookSink(t)
+	rules := vectorRule("AlwaysFiring", "{severity: page}")
 	var ds [2]*daemonProc
 	var cfgs [2]string
 	for i := range ds {
 		dir := t.TempDir()
-		cfgs[i] = writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname], group_wait: 2s, group_interval: 2s, repeat_interval: 1h}`, "", hookSrv.URL)
-		raw, err := os.ReadFile(cfgs[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(cfgs[i], append(raw, "state:\n  postgres: ${TEST_STATE_DSN}\n"...), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		cfgs[i] = writeAlertConfig(t, dir, rules, `{receiver: oncall, group_by: [alertname], group_wait: 2s, group_interval: 2s, repeat_interval: 1h}`, "", hookURL)
+		appendConfig(t, cfgs[i], "state:\n  postgres: ${TEST_STATE_DSN}\n")
 		ds[i] = startDaemon(t, cfgs[i], true)
 	}
 	waitFor(t, 60*time.Second, "the notification", func() bool { return len(hook.messages()) > 0 })

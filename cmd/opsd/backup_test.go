@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,14 +24,7 @@ func writeBackupConfig(t *testing.T, dir, schedule string) string {
 			t.Fatal(err)
 		}
 	}
-	sum := sha256.Sum256([]byte(testToken))
-	cfg := fmt.Sprintf(`data_dir: ./data
-server:
-  listen: 127.0.0.1:0
-  shutdown_grace: 5s
-  tokens:
-    - {name: root, role: admin, sha256: %s}
-targets:
+	cfg := testDaemonYAML("") + fmt.Sprintf(`targets:
   a: {type: local, path: ./target-a}
   b: {type: local, path: ./target-b}
 audit:
@@ -46,7 +37,7 @@ sources:
     schedule: %q
     targets: [a, b]
     encryption: {age_identity_file: ./keys/age.key, generate: true}
-`, hex.EncodeToString(sum[:]), schedule)
+`, schedule)
 	path := filepath.Join(dir, "opsd.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

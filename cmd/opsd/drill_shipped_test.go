@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -67,14 +65,7 @@ func TestShippedRunbooks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256([]byte(testToken))
-	cfg := fmt.Sprintf(`data_dir: ./data
-server:
-  listen: 127.0.0.1:0
-  shutdown_grace: 5s
-  tokens:
-    - {name: root, role: admin, sha256: %s}
-state:
+	cfg := testDaemonYAML("") + fmt.Sprintf(`state:
   postgres: %q
 targets:
   local: {type: local, path: ./backups}
@@ -102,7 +93,7 @@ alerts:
   route: {receiver: oncall}
   receivers:
     oncall: {webhook: {url: %q}}
-`, hex.EncodeToString(sum[:]), stateDSN, ordersDSN, shipped, hook.URL+"/hook")
+`, stateDSN, ordersDSN, shipped, hook.URL+"/hook")
 	cfgPath := filepath.Join(dir, "opsd.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

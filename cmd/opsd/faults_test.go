@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -29,19 +27,12 @@ func faultConfig(t *testing.T, dir, targets, sources string) string {
 	if err := os.WriteFile(filepath.Join(dir, "src", "a.txt"), []byte(strings.Repeat("alpha ", 2000)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256([]byte(testToken))
-	cfg := fmt.Sprintf(`data_dir: ./data
-server:
-  listen: 127.0.0.1:0
-  shutdown_grace: 5s
-  tokens:
-    - {name: root, role: admin, sha256: %s}
-audit:
+	cfg := testDaemonYAML("") + fmt.Sprintf(`audit:
   origin: opsd.test/faults
   checkpoint_interval: 1s
 targets:
 %ssources:
-%s`, hex.EncodeToString(sum[:]), targets, sources)
+%s`, targets, sources)
 	path := filepath.Join(dir, "opsd.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

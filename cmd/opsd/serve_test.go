@@ -61,23 +61,30 @@ func TestMain(m *testing.M) {
 
 const testToken = "test-admin-token"
 
-// writeConfig writes an opsd.yaml into dir and returns its path.
-func writeConfig(t *testing.T, dir, extra string, serverExtra ...string) string {
-	t.Helper()
+// testDaemonYAML is the head of every test config: data_dir, a loopback
+// listener on a free port and the admin token testToken; serverExtra is more
+// YAML under server:.
+func testDaemonYAML(serverExtra string) string {
 	sum := sha256.Sum256([]byte(testToken))
-	cfg := fmt.Sprintf(`data_dir: ./data
+	return fmt.Sprintf(`data_dir: ./data
 server:
   listen: 127.0.0.1:0
   shutdown_grace: 5s
 %s  tokens:
     - {name: root, role: admin, sha256: %s}
-targets:
+`, serverExtra, hex.EncodeToString(sum[:]))
+}
+
+// writeConfig writes an opsd.yaml into dir and returns its path.
+func writeConfig(t *testing.T, dir, extra string, serverExtra ...string) string {
+	t.Helper()
+	cfg := testDaemonYAML(strings.Join(serverExtra, "")) + fmt.Sprintf(`targets:
   local: {type: local, path: ./backups}
 audit:
   origin: opsd.test/daemon
   checkpoint_interval: 1s
   witnesses: [local]
-%s`, strings.Join(serverExtra, ""), hex.EncodeToString(sum[:]), extra)
+%s`, extra)
 	path := filepath.Join(dir, "opsd.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
