@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/riverqueue/river"
@@ -87,6 +88,12 @@ func (s *Service) CatchUpCopy(ctx context.Context, a CopyArgs) error {
 	// Recorded as writing first: a crash from here on leaves a row that
 	// the next start finds and cleans (RecoverInterruptedCopies).
 	w := state.Copy{BackupID: b.ID, Target: a.Target, State: state.CopyWriting, StartedAt: started}
+	for _, c := range copies {
+		// The reason the copy is missing stays visible while it is made.
+		if c.Target == a.Target && c.Error != "" {
+			w.Error = truncate("catching up; the previous attempt failed: " + strings.TrimPrefix(c.Error, "catching up; the previous attempt failed: "))
+		}
+	}
 	if obj, oerr := m.DataObject(); oerr == nil {
 		w.Key = m.Key(obj.Name)
 	}

@@ -493,7 +493,7 @@ func (s *Service) run(ctx context.Context, cfg *config.Config, sc *config.Source
 	}
 	res, runErr := backup.Run(bctx, src, backup.Options{
 		ID: b.ID, Source: b.Source, Type: sc.Type, Targets: targets, Recipients: recipients, NoEncryption: noEnc,
-		ZstdLevel: sc.Compression.ZstdLevel, Signer: s.opts.Signer, SpoolDir: spool, Now: s.opts.Now, Logger: log,
+		ZstdLevel: sc.Compression.ZstdLevel, Signer: s.opts.Signer, SpoolDir: spool, Now: s.opts.Now, Logger: s.log, // Run adds source and backup
 		Progress: progress, SizeHint: prev.StoredBytes,
 	})
 	if runErr != nil && ctx.Err() == nil && bctx.Err() != nil && !errors.Is(runErr, ErrTimeout) {
