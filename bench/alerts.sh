@@ -2,7 +2,7 @@
 # Alerts benchmarks (issue #7, "Performance"), each beside its baseline in
 # the same run. Needs Debian's prometheus and prometheus-alertmanager.
 #  - Rule evaluation: 1,000 alerting rules over ~9,500 opsd_* series with an
-#    hour of 15s samples, in opsd's local path (rules.Store, Prometheus's
+#    hour of 15s samples, in opsd's local path (Prometheus's tsdb, its
 #    rules manager and engine as the Evaluator builds them) and in Debian's
 #    Prometheus server scraping the same samples; one round's wall time,
 #    prometheus_rule_group_last_duration_seconds on both sides.
@@ -34,7 +34,7 @@ function verdict(ok) { return ok ? "PASS" : "MISS" }
 	o = metric("opsd-ms"); p = metric("prometheus-ms")
 	printf "rule evaluation: 1,000 alerting rules, %s opsd_* series x 241 samples (1h at 15s), the same samples in both\n", metric("series")
 	printf "%-44s %14s %14s\n", "one round (median of " rounds ")", "ms", "ALERTS series"
-	printf "%-44s %14.1f %14d\n", "opsd local path (rules.Store)", o, metric("opsd-alerts")
+	printf "%-44s %14.1f %14d\n", "opsd local path (tsdb)", o, metric("opsd-alerts")
 	printf "%-44s %14.1f %14d\n", "Prometheus " prom " (Debian), same rule file", p, metric("prometheus-alerts")
 	printf "%-44s %13.2fx  %s\n\n", "opsd round <= Prometheus round", o / p, verdict(o <= p)
 }

@@ -248,6 +248,13 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 }
 
 func (d *Daemon) close() {
+	// The alert-rules actor closes the local rules TSDB when it returns;
+	// this closes it when the daemon stopped before running it.
+	if d.alerts != nil {
+		if err := d.alerts.eval.Close(); err != nil {
+			d.log.Warn("close local rules storage", "err", err)
+		}
+	}
 	if d.store != nil {
 		if err := d.store.Close(); err != nil {
 			d.log.Warn("close state store", "err", err)

@@ -25,7 +25,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/prometheus/model/labels"
 	promrules "github.com/prometheus/prometheus/rules"
-	"github.com/prometheus/prometheus/storage"
 )
 
 // The evaluation benchmarks run 1,000 alerting rules over the metrics of a
@@ -263,8 +262,9 @@ func benchTargetLabels(addr string) map[string]string {
 	return map[string]string{"job": "opsd", "instance": addr}
 }
 
-// benchLocal is opsd's local path as the Evaluator builds it: its Store,
-// its PromQL engine, its rules manager (Evaluator.newManager) with the
+// benchLocal is opsd's local path as the Evaluator builds it: its TSDB
+// (openLocalTSDB: Prometheus's tsdb with the WAL, in a temporary dir), its
+// PromQL engine, its rules manager (Evaluator.newManager) with the
 // rule file loaded, and the Collector reading the exporter.
 type benchLocal struct {
 	ev        *Evaluator
@@ -274,10 +274,15 @@ type benchLocal struct {
 
 func newBenchLocal(tb testing.TB, ctx context.Context, ruleFile string, interval time.Duration, exp *benchExporter, targetLabels map[string]string) *benchLocal {
 	tb.Helper()
-	ev, err := New(Options{DisableBuiltin: true, RuleFiles: []string{ruleFile}, EvalInterval: interval})
+	ev, err := New(Options{Dir: tb.TempDir(), DisableBuiltin: true, RuleFiles: []string{ruleFile}, EvalInterval: interval})
 	if err != nil {
 		tb.Fatal(err)
 	}
+	tb.Cleanup(func() {
+		if err := ev.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
 	m := ev.newManager(ctx, promrules.EngineQueryFunc(ev.engine, ev.db), "local")
 	groups, errs := m.LoadGroups(interval, labels.EmptyLabels(), "", nil, false, ruleFile)
 	if errs != nil {
@@ -327,7 +332,7 @@ func (l *benchLocal) activeAlerts() int {
 }
 
 // BenchmarkEvalRound measures one evaluation round of the 1,000 rules over
-// the local store holding the hour of samples, alone (for profiling:
+// the local TSDB holding the hour of samples, alone (for profiling:
 // -cpuprofile). BenchmarkEvalRoundVsPrometheus is the comparison.
 func BenchmarkEvalRound(b *testing.B) {
 	ctx := context.Background()
@@ -604,7 +609,7 @@ func (p *promServer) queryAt(tb testing.TB, q string, at time.Time) float64 {
 	return v
 }
 
-// localQuery runs an instant PromQL query over opsd's store.
+// localQuery runs an instant PromQL query over opsd's local TSDB.
 func (l *benchLocal) query(tb testing.TB, ctx context.Context, q string) float64 {
 	return l.queryAt(tb, ctx, q, time.Now())
 }
@@ -638,8 +643,8 @@ func (l *benchLocal) queryAt(tb testing.TB, ctx context.Context, q string, at ti
 // The exporter's samples carry explicit timestamps: tick k of the hour is
 // served until Prometheus (scraping every 100ms) has fetched it once and
 // opsd's Collector has read it once, then the next; so both store the same
-// 241 samples per series, in Prometheus's in-memory head as in opsd's
-// store. Prometheus then scrapes only every 10 minutes, and the rounds
+// 241 samples per series, in Prometheus's head block as in the head of
+// opsd's local TSDB. Prometheus then scrapes only every 10 minutes, and the rounds
 // alternate: Prometheus evaluates in its slot, opsd half an interval later,
 // so neither runs while the other evaluates.
 //
@@ -858,84 +863,4 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-// TestStoreSelectMatchesScan checks the store's postings shortcut that
-// makes the benchmark's rounds fast: every Select returns, in label order,
-// exactly the series a scan of all series with every matcher returns,
-// also after Trim has dropped series.
-func TestStoreSelectMatchesScan(t *testing.T) {
-	ctx := context.Background()
-	store, err := OpenStore("", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	store.now = func() time.Time { return now }
-	app := store.AppenderV2(ctx)
-	var all []labels.Labels
-	for i := range 200 {
-		ls := labels.FromStrings("__name__", []string{"a", "b", "c"}[i%3], "source", benchSource(i%20), "target", benchTarget(i%7))
-		if i%5 == 0 {
-			ls = labels.NewBuilder(ls).Set("reason", []string{"x", "y"}[i%2]).Labels()
-		}
-		if slices.ContainsFunc(all, func(l labels.Labels) bool { return labels.Equal(l, ls) }) {
-			continue
-		}
-		all = append(all, ls)
-		ts := now.Add(-time.Minute)
-		if i%4 == 0 {
-			ts = now.Add(-2 * time.Hour) // trimmed below
-		}
-		if _, err := app.Append(0, ls, 0, ts.UnixMilli(), float64(i), nil, nil, storage.AOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := app.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	matcherSets := [][]*labels.Matcher{
-		{labels.MustNewMatcher(labels.MatchEqual, "__name__", "a")},
-		{labels.MustNewMatcher(labels.MatchEqual, "__name__", "b"), labels.MustNewMatcher(labels.MatchEqual, "source", "s003")},
-		{labels.MustNewMatcher(labels.MatchEqual, "source", "s004"), labels.MustNewMatcher(labels.MatchNotEqual, "target", "t02")},
-		{labels.MustNewMatcher(labels.MatchRegexp, "source", "s001|s002|s019"), labels.MustNewMatcher(labels.MatchEqual, "__name__", "c")},
-		{labels.MustNewMatcher(labels.MatchRegexp, "source", "s001|s002"), labels.MustNewMatcher(labels.MatchEqual, "reason", "")},
-		{labels.MustNewMatcher(labels.MatchRegexp, "reason", "x|"), labels.MustNewMatcher(labels.MatchEqual, "__name__", "a")},
-		{labels.MustNewMatcher(labels.MatchRegexp, "__name__", "a|b"), labels.MustNewMatcher(labels.MatchRegexp, "target", "t0[12]")},
-		{labels.MustNewMatcher(labels.MatchEqual, "source", "nope")},
-		{labels.MustNewMatcher(labels.MatchNotRegexp, "__name__", "a")},
-	}
-	check := func(when string, mint int64) {
-		q, err := store.Querier(math.MinInt64, math.MaxInt64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ms := range matcherSets {
-			var want []string
-			store.mu.RLock()
-			for _, list := range store.series {
-				for _, s := range list {
-					if matchAll(s.lset, ms) && len(s.pts) > 0 && s.pts[len(s.pts)-1].T >= mint {
-						want = append(want, s.lset.String())
-					}
-				}
-			}
-			store.mu.RUnlock()
-			slices.Sort(want)
-			var got []string
-			set := q.Select(ctx, true, nil, ms...)
-			for set.Next() {
-				got = append(got, set.At().Labels().String())
-			}
-			if !slices.Equal(got, want) {
-				t.Errorf("%s: Select(%v) = %v, want %v", when, ms, got, want)
-			}
-			if len(want) == 0 && len(ms) == 1 && ms[0].Value != "nope" {
-				t.Errorf("%s: Select(%v) selects nothing; the case tests nothing", when, ms)
-			}
-		}
-	}
-	check("before Trim", math.MinInt64)
-	store.Trim()
-	check("after Trim", now.Add(-time.Hour).UnixMilli())
 }

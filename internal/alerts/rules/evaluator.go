@@ -1,14 +1,15 @@
 // Package rules evaluates Prometheus alerting and recording rules with
 // Prometheus's own rules manager and PromQL engine (SPEC §7).
 //
-// Two query paths exist. The local path is an embedded TSDB in
-// data_dir/alerts/tsdb with short retention, fed every few seconds by a
-// Collector that reads opsd's own metrics registry; the built-in rules
-// (BuiltinRules) always run there, so they need no Prometheus. The remote
-// path sends the user's rule files to a Prometheus-compatible query API, as
-// Thanos Ruler does. Both write their ALERTS and ALERTS_FOR_STATE series to
-// the local TSDB, so the `for` state of pending and firing alerts survives a
-// restart exactly as in Prometheus (OutageTolerance 1h, ForGracePeriod 10m).
+// Two query paths exist. The local path is an embedded TSDB (Prometheus's
+// tsdb package, with its WAL) in data_dir/alerts/tsdb with short retention,
+// fed every few seconds by a Collector that reads opsd's own metrics
+// registry; the built-in rules (BuiltinRules) always run there, so they
+// need no Prometheus. The remote path sends the user's rule files to a
+// Prometheus-compatible query API, as Thanos Ruler does. Both write their
+// ALERTS and ALERTS_FOR_STATE series to the local TSDB, so the `for` state
+// of pending and firing alerts survives a restart exactly as in Prometheus
+// (OutageTolerance 1h, ForGracePeriod 10m).
 package rules
 
 import (
@@ -32,6 +33,7 @@ import (
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	promrules "github.com/prometheus/prometheus/rules"
+	"github.com/prometheus/prometheus/tsdb"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/opsd-dev/opsd/internal/config"
@@ -49,10 +51,11 @@ const (
 
 // Options configure an Evaluator.
 type Options struct {
-	// Dir holds the local storage's snapshot, normally
-	// data_dir/alerts/tsdb; "" keeps nothing across restarts.
+	// Dir holds the local TSDB, normally data_dir/alerts/tsdb; "" uses a
+	// temporary directory that Close removes (nothing kept across
+	// restarts).
 	Dir string
-	// Retention of the local storage; 0 means DefaultRetention.
+	// Retention of the local TSDB; 0 means DefaultRetention.
 	Retention time.Duration
 	// Gatherer is opsd's own registry, read every CollectInterval
 	// (0 means DefaultCollectInterval).
@@ -89,7 +92,8 @@ type Options struct {
 // Evaluator runs the collector and the rules managers of both paths.
 type Evaluator struct {
 	opts    Options
-	db      *Store
+	db      *tsdb.DB
+	tmpDir  string // Dir was "": removed by Close
 	engine  *promql.Engine
 	builtin *rulefmt.RuleGroups
 	files   []string
@@ -101,10 +105,15 @@ type Evaluator struct {
 	paths    []string // "local" or "remote", one per manager
 	remote   *promrules.Manager
 	local    *promrules.Manager
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
-// New opens the local storage and checks the rule files, reporting every
-// problem with its file and line. Run starts evaluating.
+// New checks the rule files, reporting every problem with its file and
+// line, and opens the local TSDB (replaying its WAL). Run starts
+// evaluating and closes the TSDB when it returns; Close closes it for an
+// Evaluator that never runs.
 func New(opts Options) (*Evaluator, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -143,9 +152,19 @@ func New(opts Options) (*Evaluator, error) {
 	}
 	e.files = files
 
-	db, err := OpenStore(opts.Dir, opts.Retention)
+	dir := opts.Dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "opsd-rules-tsdb-"); err != nil {
+			return nil, fmt.Errorf("open local rules storage: %w", err)
+		}
+		e.tmpDir = dir
+	}
+	db, err := openLocalTSDB(dir, opts.Retention, e.logger)
 	if err != nil {
-		return nil, fmt.Errorf("open local rules storage: %w", err)
+		if e.tmpDir != "" {
+			os.RemoveAll(e.tmpDir)
+		}
+		return nil, fmt.Errorf("open local rules storage %s: %w", dir, err)
 	}
 	e.db = db
 	e.engine = NewEngine(e.logger, opts.Registerer)
@@ -167,7 +186,20 @@ func NewEngine(logger *slog.Logger, reg prometheus.Registerer) *promql.Engine {
 }
 
 // Storage is the local TSDB, for queries of the HTTP API.
-func (e *Evaluator) Storage() *Store { return e.db }
+func (e *Evaluator) Storage() *tsdb.DB { return e.db }
+
+// Close closes the local TSDB (writing out its head's WAL) and removes it if
+// it was temporary. Run closes it when it returns; a second Close does
+// nothing.
+func (e *Evaluator) Close() error {
+	e.closeOnce.Do(func() {
+		e.closeErr = e.db.Close()
+		if e.tmpDir != "" {
+			e.closeErr = errors.Join(e.closeErr, os.RemoveAll(e.tmpDir))
+		}
+	})
+	return e.closeErr
+}
 
 // Engine is the PromQL engine of the local path.
 func (e *Evaluator) Engine() *promql.Engine { return e.engine }
@@ -185,8 +217,13 @@ func (e *Evaluator) Groups() []*promrules.Group {
 }
 
 // Run collects and evaluates until ctx ends, then stops the managers and
-// writes the storage's snapshot.
-func (e *Evaluator) Run(ctx context.Context) error {
+// the collector and closes the local TSDB.
+func (e *Evaluator) Run(ctx context.Context) (err error) {
+	defer func() {
+		if cerr := e.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close local rules storage: %w", cerr))
+		}
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -228,17 +265,14 @@ func (e *Evaluator) Run(ctx context.Context) error {
 		c := NewCollector(e.opts.Gatherer, e.db, e.opts.TargetLabels, e.logger)
 		wg.Go(func() { _ = c.Run(ctx, e.opts.CollectInterval) })
 	}
-	storeCtx, stopStore := context.WithCancel(context.WithoutCancel(ctx))
-	storeDone := make(chan error, 1)
-	go func() { storeDone <- e.db.Run(storeCtx, time.Minute, DefaultOutageTolerance) }()
 	<-ctx.Done()
 	for _, m := range managers {
 		m.Stop()
 	}
 	wg.Wait()
-	// The last snapshot comes after the managers' last ALERTS_FOR_STATE.
-	stopStore()
-	return <-storeDone
+	// The TSDB closes (deferred) after the managers' last ALERTS_FOR_STATE
+	// and the collector's last samples.
+	return nil
 }
 
 // fileSets splits the rule identifiers between the paths: the built-in

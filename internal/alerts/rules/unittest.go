@@ -140,7 +140,8 @@ func RunUnitTests(ctx context.Context, stdout io.Writer, files ...string) int {
 }
 
 // TestRuleFile runs one unit-test file as `promtool test rules` does: every
-// group gets fresh in-memory storage, the input series are appended up to
+// group gets a fresh TSDB (Prometheus's, in a temporary directory, as
+// promtool's test storage), the input series are appended up to
 // each evaluation time, the rule groups of rule_files (relative to the
 // test file) are evaluated every evaluation_interval from time 0 with
 // Prometheus's rules manager, and at each eval_time the firing alerts and
@@ -240,7 +241,14 @@ func (tg *UnitTestGroup) run(ctx context.Context, evalInterval time.Duration, or
 		input = append(input, in)
 	}
 
-	store, _ := OpenStore("", 0)
+	store, dir, err := openTestTSDB()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		store.Close()
+		os.RemoveAll(dir)
+	}()
 	engine := promql.NewEngine(promql.EngineOpts{
 		MaxSamples:               10000,
 		Timeout:                  100 * time.Second,
@@ -394,7 +402,7 @@ func (tg *UnitTestGroup) run(ctx context.Context, evalInterval time.Duration, or
 
 // appendTill appends the input samples up to t (inclusive) and drops them
 // from input, so rule results written at earlier times stay in order.
-func appendTill(ctx context.Context, s *Store, input []*loadSeries, t int64) error {
+func appendTill(ctx context.Context, s storage.AppendableV2, input []*loadSeries, t int64) error {
 	app := s.AppenderV2(ctx)
 	for _, in := range input {
 		n := 0
@@ -413,7 +421,7 @@ func appendTill(ctx context.Context, s *Store, input []*loadSeries, t int64) err
 	return app.Commit()
 }
 
-func instant(ctx context.Context, e *promql.Engine, s *Store, qs string, t time.Time) ([]promql.Sample, error) {
+func instant(ctx context.Context, e *promql.Engine, s storage.Queryable, qs string, t time.Time) ([]promql.Sample, error) {
 	v, err := promrules.EngineQueryFunc(e, s)(ctx, qs, t)
 	if err != nil {
 		return nil, err
