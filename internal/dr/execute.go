@@ -571,7 +571,7 @@ func (e *Engine) finish(ctx context.Context, a *activeRun) error {
 		r.State, r.FinishedAt, r.Error = final, now, reason
 		data.Phase = "done"
 		return nil
-	}, state.RunEvent{Time: now, Type: "run", State: final, Message: fmt.Sprintf("run %s: %s", final, reason)})
+	}, state.RunEvent{Time: now, Type: "run", State: final, Message: runEndMessage(final, reason)})
 	if err != nil {
 		return err
 	}
@@ -602,4 +602,13 @@ func (e *Engine) logLine(ctx context.Context, a *activeRun, stepID, line string)
 	}
 	ev.Seq = seq
 	e.publish(a.id, []state.RunEvent{ev})
+}
+
+// runEndMessage is the last event's message: the final state and, when
+// there is one, why.
+func runEndMessage(final, reason string) string {
+	if reason == "" {
+		return "run " + final
+	}
+	return "run " + final + ": " + reason
 }
