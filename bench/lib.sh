@@ -20,11 +20,17 @@ wait_http() { # URL NAME: any HTTP answer within 20 s
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 PIDS=()
+# cleanup_stores stops the stores and the daemon; with BENCH_KEEP_LOGS=DIR
+# their logs (opsd.log, versitygw.log, fake-gcs-server.log) are copied there
+# first (e.g. to read GODEBUG=gctrace=1 output).
 cleanup_stores() {
 	local pid
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 	PIDS=()
+	if [[ -n ${BENCH_KEEP_LOGS:-} && -d ${WORK:-} ]]; then
+		mkdir -p "$BENCH_KEEP_LOGS" && cp "$WORK"/*.log "$BENCH_KEEP_LOGS"/ 2>/dev/null || true
+	fi
 }
 
 require_tools() {
