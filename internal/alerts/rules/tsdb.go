@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/util/compression"
 )
 
@@ -47,6 +48,12 @@ func openLocalTSDB(dir string, retention time.Duration, logger *slog.Logger) (*t
 	opts.MinBlockDuration, opts.MaxBlockDuration = block, block
 	opts.OutOfOrderTimeWindow = 0
 	opts.WALCompression = compression.Snappy
+	// Sized for opsd's own registry (hundreds to a few thousand series), not
+	// a Prometheus server's millions: the defaults preallocate a 16,384-way
+	// series map and a 4 MiB head-chunk write buffer, memory a backup's
+	// buffers need more (the daemon aims at 200 MiB peak).
+	opts.StripeSize = 1 << 8
+	opts.HeadChunksWriteBufferSize = chunks.MinWriteBufferSize
 	db, err := tsdb.Open(dir, tsdbLogger(logger), nil, opts, nil)
 	if err != nil {
 		return nil, err
