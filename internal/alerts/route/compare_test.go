@@ -89,11 +89,11 @@ func compareConfig(h *hook) config.Alerts {
 	}
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
+func freePort(tb testing.TB) string {
+	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().String()
@@ -103,12 +103,22 @@ func freePort(t *testing.T) string {
 // base URL.
 func startAlertmanager(t *testing.T, bin, webhookBase string) string {
 	t.Helper()
-	dir := t.TempDir()
+	base, stop := launchAlertmanager(t, bin, t.TempDir(), fmt.Sprintf(compareAMConfig, webhookBase))
+	t.Cleanup(stop)
+	return base
+}
+
+// launchAlertmanager runs Debian's Alertmanager with config in dir on a
+// free loopback port, without clustering, and waits until it is ready. It
+// returns the base URL and a func that stops it (and logs its output if the
+// test failed).
+func launchAlertmanager(tb testing.TB, bin, dir, config string) (string, func()) {
+	tb.Helper()
 	cfg := filepath.Join(dir, "alertmanager.yml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, compareAMConfig, webhookBase), 0o600); err != nil {
-		t.Fatal(err)
+	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
+		tb.Fatal(err)
 	}
-	addr := freePort(t)
+	addr := freePort(tb)
 	var logs bytes.Buffer
 	cmd := exec.Command(bin,
 		"--config.file="+cfg,
@@ -119,27 +129,28 @@ func startAlertmanager(t *testing.T, bin, webhookBase string) string {
 	)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
+		tb.Fatalf("start %s: %v", bin, err)
 	}
-	t.Cleanup(func() {
+	stop := func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("alertmanager output:\n%s", logs.String())
+		if tb.Failed() {
+			tb.Logf("alertmanager output:\n%s", logs.String())
 		}
-	})
+	}
 	base := "http://" + addr
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		resp, err := http.Get(base + "/-/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return base
+				return base, stop
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("alertmanager not ready at %s: %v\n%s", base, err, logs.String())
+			stop()
+			tb.Fatalf("alertmanager not ready at %s: %v\n%s", base, err, logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

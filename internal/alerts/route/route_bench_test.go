@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -259,50 +258,8 @@ func runAlertmanager(tb testing.TB, bin string) routeRun {
 		tb.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	cfg := filepath.Join(dir, "alertmanager.yml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, routeBenchAMConfig, h.url), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	var logs bytes.Buffer
-	cmd := exec.Command(bin,
-		"--config.file="+cfg,
-		"--storage.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+addr,
-		"--cluster.listen-address=",
-		"--log.level=warn",
-	)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start %s: %v", bin, err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if tb.Failed() {
-			tb.Logf("alertmanager output:\n%s", logs.String())
-		}
-	}()
-	base := "http://" + addr
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get(base + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("alertmanager not ready at %s: %v\n%s", base, err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	base, stop := launchAlertmanager(tb, bin, dir, fmt.Sprintf(routeBenchAMConfig, h.url))
+	defer stop()
 
 	// Encoded beforehand: only sending counts, as only Push counts for opsd.
 	type postable struct {
