@@ -41,14 +41,24 @@ func startGroup(t *testing.T) (leader, child int) {
 	}
 }
 
+// requireProc skips, loudly, without Linux /proc (the boot id exec records
+// carry); under CI=true it fails instead.
+func requireProc(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(bootIDFile); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and no %s: exec records need Linux /proc (%v)", bootIDFile, err)
+		}
+		t.Skipf("SKIP: no %s: exec records need Linux /proc", bootIDFile)
+	}
+}
+
 // TestReapExec: the process group of a program recorded as running — what
 // a crash of opsd leaves — is killed with its descendants by the next
 // start, and its record removed; a record from another boot, or one whose
 // leader started after the record (a reused id), kills nothing.
 func TestReapExec(t *testing.T) {
-	if _, err := os.Stat(bootIDFile); err != nil {
-		t.Skipf("no %s: exec records need Linux /proc", bootIDFile)
-	}
+	requireProc(t)
 	logger := slog.New(slog.DiscardHandler)
 	state := filepath.Join(t.TempDir(), "exec")
 
@@ -94,9 +104,7 @@ func TestReapExec(t *testing.T) {
 
 // TestExecForgetsFinishedPrograms: a program that ends removes its record.
 func TestExecForgetsFinishedPrograms(t *testing.T) {
-	if _, err := os.Stat(bootIDFile); err != nil {
-		t.Skipf("no %s: exec records need Linux /proc", bootIDFile)
-	}
+	requireProc(t)
 	state := filepath.Join(t.TempDir(), "exec")
 	a := &execAction{dir: t.TempDir(), state: state, logger: slog.New(slog.DiscardHandler)}
 	out, err := a.Run(t.Context(), &StepContext{RunID: "r", StepID: "s", With: map[string]any{"argv": []any{"sh", "-c",
