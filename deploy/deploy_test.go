@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // drainGraceSeconds is opsd's default SIGTERM drain grace period. Every stop
@@ -37,20 +39,6 @@ func requireTool(t *testing.T, name, install string) string {
 	if err == nil {
 		return path
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found in PATH and CI=true: install it (%s)", name, install)
-	}
-	t.Skipf("SKIPPED: %s NOT FOUND IN PATH — install it (%s); this check fails under CI=true", name, install)
+	testenv.Missing(t, "%s not found in PATH: install it (%s)", name, install)
 	return ""
-}
-
-// optionalTool returns the path of a tool whose check is a bonus: when it is
-// missing the check is skipped with a log line, even in CI.
-func optionalTool(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s not installed; skipping this optional check", name)
-	}
-	return path
 }

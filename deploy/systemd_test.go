@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // unit is a parsed systemd unit file: section → key → values in order. An
@@ -309,9 +311,9 @@ func TestSystemdUnit(t *testing.T) {
 
 // TestSystemdAnalyze runs the real systemd-analyze over the unit: verify
 // (syntax and semantics as systemd itself reads them) and the offline
-// security exposure score. Optional: most containers lack systemd.
+// security exposure score. .ci/run installs systemd for it.
 func TestSystemdAnalyze(t *testing.T) {
-	sa := optionalTool(t, "systemd-analyze")
+	sa := testenv.LookPath(t, "systemd-analyze", "systemd")
 	// verify insists that ExecStart's binary exists; stage a copy of the unit
 	// that points at a stub, changing nothing else.
 	dir := t.TempDir()

@@ -8,18 +8,15 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // TestDocExamplesRun runs the shell examples of README.md and docs/API.md
 // that talk to the quickstart daemon, against a real daemon started from a
 // copy of examples/quickstart.yaml.
 func TestDocExamplesRun(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("curl is required under CI=true (the doc examples use it)")
-		}
-		t.Skip("SKIPPING doc examples: curl is not installed")
-	}
+	testenv.LookPath(t, "curl", "curl") // the doc examples use it
 	var blocks []string
 	fence := regexp.MustCompile("(?s)```sh\n(.*?)```")
 	for _, doc := range []string{"../../README.md", "../../docs/API.md"} {

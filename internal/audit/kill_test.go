@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opsd-dev/opsd/internal/signing"
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // buildTool builds a main package of this module into a temporary dir.
@@ -20,7 +21,7 @@ func buildTool(t *testing.T, pkg string) string {
 	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		t.Skipf("go tool not found: %v", err)
+		testenv.Missing(t, "the go tool is not on PATH: %v", err)
 	}
 	cmd := exec.Command(gobin, "build", "-o", bin, pkg)
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/opsd-dev/opsd/internal/backup"
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // benchBytes is the input size: OPSD_BENCH_BYTES, default 256 MiB.
@@ -88,11 +89,7 @@ func BenchmarkPipeline(b *testing.B) {
 	})
 
 	b.Run("baseline-zstd-age-pipe", func(b *testing.B) {
-		for _, tool := range []string{"zstd", "age"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				b.Skipf("SKIPPING baseline — %s not installed", tool)
-			}
-		}
+		testenv.Commands(b, "zstd", "age")
 		b.SetBytes(size)
 		for b.Loop() {
 			b.StopTimer()

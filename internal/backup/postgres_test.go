@@ -21,20 +21,14 @@ import (
 	"github.com/opsd-dev/opsd/internal/backup/source"
 	"github.com/opsd-dev/opsd/internal/state/pgtest"
 	"github.com/opsd-dev/opsd/internal/storage"
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // requireTools fails under CI=true and skips loudly otherwise when a
 // binary is missing (SPEC §9).
 func requireTools(t *testing.T, names ...string) {
 	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required under CI=true: %v", n, err)
-			}
-			t.Skipf("SKIPPING — %s NOT INSTALLED: %v", n, err)
-		}
-	}
+	testenv.Commands(t, names...)
 }
 
 const seedSQL = `
@@ -158,7 +152,7 @@ func withPassword(t *testing.T, dsn, password string) string {
 	t.Helper()
 	u, err := url.Parse(dsn)
 	if err != nil || u.Scheme == "" {
-		t.Skipf("SKIPPING — test needs a URL-form %s", pgtest.EnvDSN)
+		testenv.Missing(t, "this test needs a URL-form %s", pgtest.EnvDSN)
 	}
 	u.User = url.UserPassword(u.User.Username(), password)
 	return u.String()

@@ -14,6 +14,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/backup"
 	"github.com/opsd-dev/opsd/internal/backup/manifest"
 	"github.com/opsd-dev/opsd/internal/storage/local"
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // BenchmarkVerifyCopy re-reads a stored copy on a local target and checks
@@ -63,9 +64,7 @@ func BenchmarkVerifyCopy(b *testing.B) {
 		}
 	})
 	b.Run("baseline-sha256sum", func(b *testing.B) {
-		if _, err := exec.LookPath("sha256sum"); err != nil {
-			b.Skip("SKIPPING baseline: sha256sum not installed")
-		}
+		testenv.Commands(b, "sha256sum")
 		b.SetBytes(size)
 		for b.Loop() {
 			if out, err := exec.Command("sha256sum", path).CombinedOutput(); err != nil {

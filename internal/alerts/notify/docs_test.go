@@ -9,19 +9,13 @@ import (
 	"testing"
 
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // TestDocsShellVerification runs the signature check of
 // docs/NOTIFICATIONS.md against a request the webhook sender signed.
 func TestDocsShellVerification(t *testing.T) {
-	for _, tool := range []string{"sh", "openssl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required under CI: %v", tool, err)
-			}
-			t.Skipf("SKIPPING: %s not found (%v); the docs' shell snippet is untested", tool, err)
-		}
-	}
+	testenv.Commands(t, "sh", "openssl")
 	doc, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "NOTIFICATIONS.md"))
 	if err != nil {
 		t.Fatal(err)

@@ -13,21 +13,15 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // requirePromtool returns Debian's promtool; absent, the test fails under
 // CI=true and skips loudly otherwise (SPEC §9).
 func requirePromtool(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("promtool")
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("promtool is not installed (Debian package prometheus): %v", err)
-	}
-	t.Skipf("SKIPPING: promtool is not installed (apt-get install prometheus); the promtool oracle did not run")
-	return ""
+	return testenv.LookPath(t, "promtool", "prometheus")
 }
 
 // corpus is every unit-test file the oracle compares.

@@ -20,6 +20,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/opsd-dev/opsd/internal/backup/pzstd"
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // pgDump makes n bytes shaped like the COPY data of `pg_dump -Fc -Z0` of
@@ -130,14 +131,8 @@ func benchInputs(b *testing.B) []struct {
 }
 
 func needCLI(b *testing.B, names ...string) {
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if os.Getenv("CI") == "true" {
-				b.Fatalf("%s is required under CI=true", n)
-			}
-			b.Skipf("SKIPPING: the %s command is not installed", n)
-		}
-	}
+	b.Helper()
+	testenv.Commands(b, names...)
 }
 
 // BenchmarkCompress compares pzstd with `zstd -3 -T0` (the pipe's

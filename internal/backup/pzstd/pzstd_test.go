@@ -14,6 +14,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/opsd-dev/opsd/internal/backup/pzstd"
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // rows makes n bytes of compressible, non-repeating text.
@@ -99,12 +100,7 @@ func commonPrefix(a, b []byte) int {
 
 // TestZstdCLIDecodes: the concatenated frames are what `zstd -d` reads.
 func TestZstdCLIDecodes(t *testing.T) {
-	if _, err := exec.LookPath("zstd"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("zstd (Debian package zstd) is required under CI=true")
-		}
-		t.Skip("SKIPPING: the zstd command is not installed (apt-get install zstd)")
-	}
+	needZstdCLI(t)
 	data := rows(3<<20 + 7)
 	frames := compress(t, data, pzstd.Options{Level: zstd.SpeedDefault, Workers: 3, ChunkSize: 512 << 10}, true)
 	cmd := exec.Command("zstd", "-d", "-c", "-q")
@@ -271,12 +267,7 @@ func decodeAll(t *testing.T, frames []byte) []byte {
 
 func needZstdCLI(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("zstd"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("zstd (Debian package zstd) is required under CI=true")
-		}
-		t.Skip("SKIPPING: the zstd command is not installed (apt-get install zstd)")
-	}
+	testenv.LookPath(t, "zstd", "zstd")
 }
 
 func zstdCLIDecode(t *testing.T, frames []byte) []byte {

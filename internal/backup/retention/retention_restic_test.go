@@ -29,6 +29,7 @@ import (
 	"golang.org/x/crypto/scrypt"
 
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // The oracle: a real restic repository, snapshots at chosen times, and
@@ -183,10 +184,7 @@ func requireRestic(t *testing.T) string {
 		return bin
 	}
 	msg := "restic not found on PATH: the retention oracle test needs the restic binary (Debian: apt-get install restic)"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip("SKIPPING ORACLE: " + msg)
+	testenv.Missing(t, "%s", msg)
 	return ""
 }
 

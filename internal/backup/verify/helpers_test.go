@@ -2,8 +2,6 @@ package verify
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/state/pgtest"
 	"github.com/opsd-dev/opsd/internal/storage"
 	"github.com/opsd-dev/opsd/internal/storage/local"
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -91,14 +90,7 @@ func restoreOpts(k keys, st storage.Backend, source string, res *backup.Result) 
 // requireTools fails under CI=true and skips loudly otherwise (SPEC §9).
 func requireTools(t *testing.T, names ...string) {
 	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required under CI=true: %v", n, err)
-			}
-			t.Skipf("SKIPPING — %s NOT INSTALLED: %v", n, err)
-		}
-	}
+	testenv.Commands(t, names...)
 }
 
 // execSQL runs statements on dsn.

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/opsd-dev/opsd/internal/testenv"
 )
 
 // EnvDSN names the environment variable holding the test server's DSN.
@@ -81,10 +83,7 @@ func drop(t testing.TB, server, name string) {
 // unavailable fails the test under CI=true and skips it otherwise.
 func unavailable(t testing.TB, msg string) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("pgtest: PostgreSQL is required under CI=true: %s", msg)
-	}
-	t.Skipf("pgtest: SKIPPING — PostgreSQL NOT AVAILABLE: %s (set %s to a reachable server)", msg, EnvDSN)
+	testenv.Missing(t, "pgtest: PostgreSQL not available: %s (set %s to a reachable server)", msg, EnvDSN)
 }
 
 // withDatabase returns server with its database replaced by name, for both
