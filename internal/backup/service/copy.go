@@ -47,6 +47,10 @@ func (w *CopyWorker) Work(ctx context.Context, job *river.Job[CopyArgs]) error {
 	return err
 }
 
+// catchingUp prefixes the error a catch-up copy's writing row carries: why
+// the copy was missed.
+const catchingUp = "catching up; the previous attempt failed: "
+
 // ErrNoGoodCopy: no other target holds a complete copy whose last checksum
 // verification passed.
 var ErrNoGoodCopy = errors.New("no verified copy to copy from")
@@ -67,10 +71,14 @@ func (s *Service) CatchUpCopy(ctx context.Context, a CopyArgs) error {
 	if err != nil {
 		return err
 	}
+	var prev state.Copy // this target's row, if any (one per backup and target)
 	for _, c := range copies {
-		if c.Target == a.Target && c.State == state.CopyComplete {
-			return nil // already there
+		if c.Target == a.Target {
+			prev = c
 		}
+	}
+	if prev.State == state.CopyComplete {
+		return nil // already there
 	}
 	from, err := s.goodCopy(ctx, b.ID, copies, a.Target)
 	if err != nil {
@@ -88,11 +96,9 @@ func (s *Service) CatchUpCopy(ctx context.Context, a CopyArgs) error {
 	// Recorded as writing first: a crash from here on leaves a row that
 	// the next start finds and cleans (RecoverInterruptedCopies).
 	w := state.Copy{BackupID: b.ID, Target: a.Target, State: state.CopyWriting, StartedAt: started}
-	for _, c := range copies {
+	if prev.Error != "" {
 		// The reason the copy is missing stays visible while it is made.
-		if c.Target == a.Target && c.Error != "" {
-			w.Error = truncate("catching up; the previous attempt failed: " + strings.TrimPrefix(c.Error, "catching up; the previous attempt failed: "))
-		}
+		w.Error = truncate(catchingUp + strings.TrimPrefix(prev.Error, catchingUp))
 	}
 	if obj, oerr := m.DataObject(); oerr == nil {
 		w.Key = m.Key(obj.Name)
