@@ -45,7 +45,13 @@ func openSQLite(t testing.TB) state.Runs {
 
 func openPostgres(t testing.TB) state.Runs {
 	t.Helper()
-	s, err := postgres.Open(context.Background(), pgtest.DSN(t), nil)
+	return openPostgresDSN(t, pgtest.DSN(t))
+}
+
+// openPostgresDSN opens the state store on one database, closed at cleanup.
+func openPostgresDSN(t testing.TB, dsn string) state.Runs {
+	t.Helper()
+	s, err := postgres.Open(context.Background(), dsn, nil)
 	if err != nil {
 		t.Fatalf("postgres.Open = %v", err)
 	}
