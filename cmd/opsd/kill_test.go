@@ -57,7 +57,17 @@ func TestKill9KeepsAcknowledgedAuditEntries(t *testing.T) {
 			}
 		}()
 	}
+	// Kill once the load is on (at least 1.5 s and 100 acknowledged
+	// requests; a loaded CI machine may need longer for the second).
 	time.Sleep(1500 * time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		mu.Lock()
+		n := len(acked)
+		mu.Unlock()
+		if n >= 100 {
+			break
+		}
+	}
 	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
