@@ -18,6 +18,11 @@ wait_http() { # URL NAME: any HTTP answer within 20 s
 }
 # cpu_ticks PID: user+system clock ticks (1/100 s) of PID so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# machine_ticks: busy clock ticks of the whole machine so far (every core,
+# every process: user, nice, system, irq, softirq).
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+# machine_cpu SINCE_TICKS: CPU seconds the machine spent since then.
+machine_cpu() { awk -v a="$(machine_ticks)" -v b="$1" 'BEGIN {printf "%.1f", (a - b) / 100}'; }
 
 PIDS=()
 # cleanup_stores stops the stores and the daemon; with BENCH_KEEP_LOGS=DIR
@@ -113,9 +118,9 @@ YAML
 
 # opsd_backup CONFIG: starts the daemon, runs one backup with --wait and
 # stops it. Sets OPSD_SECS, OPSD_RSS_MIB (VmHWM), OPSD_CPU, S3_CPU, GCS_CPU
-# (seconds of CPU during the backup), BACKUP_ID, RAW_BYTES, STORED_BYTES.
+# (seconds of CPU during the backup), MACHINE_CPU (all processes), BACKUP_ID, RAW_BYTES, STORED_BYTES.
 opsd_backup() {
-	local cfg=$1 pid i t0 c0 s0 g0
+	local cfg=$1 pid i t0 c0 s0 g0 m0
 	"$WORK/opsd" config check --config "$cfg" >&2
 	"$WORK/opsd" serve --config "$cfg" >"$WORK/opsd.log" 2>&1 &
 	pid=$!
@@ -125,14 +130,14 @@ opsd_backup() {
 		kill -0 "$pid" 2>/dev/null || { cat "$WORK/opsd.log" >&2; exit 1; }
 		sleep 0.1
 	done
-	c0=$(cpu_ticks "$pid") s0=$(cpu_ticks "$S3_PID") g0=$(cpu_ticks "$GCS_PID")
+	c0=$(cpu_ticks "$pid") s0=$(cpu_ticks "$S3_PID") g0=$(cpu_ticks "$GCS_PID") m0=$(machine_ticks)
 	t0=$(now)
 	if ! "$WORK/opsd" backup run bench --wait --json >"$WORK/backup.json"; then
 		cat "$WORK/backup.json" >&2
 		tail -50 "$WORK/opsd.log" >&2
 		exit 1
 	fi
-	OPSD_SECS=$(since "$t0")
+	OPSD_SECS=$(since "$t0") MACHINE_CPU=$(machine_cpu "$m0")
 	OPSD_CPU=$(awk -v a="$(cpu_ticks "$pid")" -v b="$c0" 'BEGIN {printf "%.1f", (a - b) / 100}')
 	S3_CPU=$(awk -v a="$(cpu_ticks "$S3_PID")" -v b="$s0" 'BEGIN {printf "%.1f", (a - b) / 100}')
 	GCS_CPU=$(awk -v a="$(cpu_ticks "$GCS_PID")" -v b="$g0" 'BEGIN {printf "%.1f", (a - b) / 100}')

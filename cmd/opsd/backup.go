@@ -62,17 +62,11 @@ func (l *progressLine) end() {
 	}
 }
 
-// pollInterval is how long backup run --wait waits before asking again:
-// every 500ms, but faster as the estimated end nears (a quarter of the ETA,
-// at least 100ms), so the command returns soon after the backup ends
-// without polling a long backup ten times a second.
-func pollInterval(p *httpapi.ProgressResource) time.Duration {
-	const slow, fast = 500 * time.Millisecond, 100 * time.Millisecond
-	if p == nil || p.ETASeconds == nil {
-		return slow
-	}
-	return min(slow, max(fast, etaOf(p.ETASeconds)/4))
-}
+// progressEvery is how often backup run --wait refreshes its progress
+// line: each GET is a long poll (?wait=) that the daemon answers at once
+// when the backup changes state, so the command returns the moment the
+// backup ends, not at its next poll.
+const progressEvery = 500 * time.Millisecond
 
 // runBackupRun triggers a backup through the daemon; with --wait it polls
 // until the backup ends and exits 1 unless it succeeded.
@@ -106,13 +100,17 @@ func runBackupRun(ctx context.Context, e *env, args []string) error {
 	start, last := time.Now(), b.State
 	show := newProgressLine(e.stderr)
 	for !terminal(b.State) {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(pollInterval(b.Progress)):
-		}
-		if err := c.do(ctx, "GET", "/api/v1/backups/"+url.PathEscape(b.ID), nil, &b); err != nil {
+		asked, was := time.Now(), b.State
+		if err := c.do(ctx, "GET", "/api/v1/backups/"+url.PathEscape(b.ID)+"?wait="+progressEvery.String(), nil, &b); err != nil {
 			return err
+		}
+		// A daemon without long polls answers at once: poll then.
+		if rest := progressEvery - time.Since(asked); b.State == was && rest > progressEvery/2 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(rest):
+			}
 		}
 		if b.State != last {
 			last = b.State

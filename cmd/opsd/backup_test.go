@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/opsd-dev/opsd/internal/httpapi"
 )
 
 // writeBackupConfig writes a config with a files source "demo" backed up to
@@ -282,25 +280,6 @@ func TestBackupKill9(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(dir, "target-"+target, "slow", b.ID, "manifest.json")); err == nil {
 			t.Errorf("manifest of the killed backup exists on %s", target)
-		}
-	}
-}
-
-func TestPollInterval(t *testing.T) {
-	eta := func(s float64) *httpapi.ProgressResource { return &httpapi.ProgressResource{ETASeconds: &s} }
-	for _, tc := range []struct {
-		p    *httpapi.ProgressResource
-		want time.Duration
-	}{
-		{nil, 500 * time.Millisecond},
-		{&httpapi.ProgressResource{}, 500 * time.Millisecond},
-		{eta(60), 500 * time.Millisecond},
-		{eta(1), 250 * time.Millisecond},
-		{eta(0.2), 100 * time.Millisecond},
-		{eta(0), 100 * time.Millisecond},
-	} {
-		if got := pollInterval(tc.p); got != tc.want {
-			t.Errorf("pollInterval(%+v) = %s, want %s", tc.p, got, tc.want)
 		}
 	}
 }

@@ -22,6 +22,9 @@ type Backups interface {
 	// Progress reports a running backup's progress; ok is false when it
 	// is not running in this process.
 	Progress(id string) (p backup.Progress, ok bool)
+	// Changed returns a channel closed when a backup run by this process
+	// next changes state (GET /api/v1/backups/{id}?wait=).
+	Changed() <-chan struct{}
 	// EnqueueVerify queues a verification of backup id at level
 	// (checksum|restore) of the copy on target ("" = every complete copy
 	// for checksum, the first good one for restore). Errors wrap
@@ -189,13 +192,33 @@ func (s *Server) handleListBackups(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// maxBackupWait bounds GET /api/v1/backups/{id}?wait=, well inside the
+// server's write timeout (default 60s).
+const maxBackupWait = 30 * time.Second
+
+// backupRecheck is how often a waiting GET re-reads the catalog, for a
+// backup another replica runs (this process's changes wake it at once).
+const backupRecheck = time.Second
+
 func (s *Server) handleGetBackup(w http.ResponseWriter, r *http.Request) {
 	if s.deps.Backups == nil {
 		writeProblem(w, r, probUnavailable.with("backups not available"))
 		return
 	}
-	b, copies, err := s.deps.Backups.GetBackup(r.Context(), r.PathValue("id"))
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > maxBackupWait {
+			writeProblem(w, r, probBadRequest.with("wait must be a duration from 0s to "+maxBackupWait.String()+", e.g. 500ms"))
+			return
+		}
+		wait = d
+	}
+	b, copies, err := s.waitBackup(r, r.PathValue("id"), wait)
 	if err != nil {
+		if r.Context().Err() != nil {
+			return // the client went away while waiting
+		}
 		s.backupError(w, r, "get backup", err)
 		return
 	}
@@ -230,6 +253,38 @@ func (s *Server) handleGetBackup(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// waitBackup reads backup id; with wait > 0 and the backup queued or
+// running, it answers as soon as the backup's state changes, or after
+// wait (a long poll: `opsd backup run --wait` returns the moment the
+// backup ends instead of at its next poll).
+func (s *Server) waitBackup(r *http.Request, id string, wait time.Duration) (state.Backup, []state.Copy, error) {
+	ctx := r.Context()
+	changed := s.deps.Backups.Changed()
+	b, copies, err := s.deps.Backups.GetBackup(ctx, id)
+	if err != nil || wait <= 0 || (b.State != state.BackupQueued && b.State != state.BackupRunning) {
+		return b, copies, err
+	}
+	was := b.State
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	recheck := time.NewTicker(backupRecheck)
+	defer recheck.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return b, copies, ctx.Err()
+		case <-deadline.C:
+			return b, copies, nil
+		case <-changed:
+		case <-recheck.C:
+		}
+		changed = s.deps.Backups.Changed()
+		if b, copies, err = s.deps.Backups.GetBackup(ctx, id); err != nil || b.State != was {
+			return b, copies, err
+		}
+	}
 }
 
 func (s *Server) handleVerifyBackup(w http.ResponseWriter, r *http.Request) {

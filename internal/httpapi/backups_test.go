@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,8 +16,15 @@ import (
 	"github.com/opsd-dev/opsd/internal/state"
 )
 
-// fakeBackups is a catalog of one finished backup of source "demo".
-type fakeBackups struct{}
+// fakeBackups is a catalog of one finished backup of source "demo" and
+// one running (runningID), which ends when finished is set and changed
+// closed.
+type fakeBackups struct {
+	finished *atomic.Bool
+	changed  chan struct{}
+}
+
+func (f fakeBackups) Changed() <-chan struct{} { return f.changed }
 
 var fakeTime = time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
 
@@ -75,7 +83,11 @@ func (fakeBackups) Progress(id string) (backup.Progress, bool) {
 	return backup.Progress{Phase: "backup", Bytes: 3 << 20, Total: 12 << 20, Rate: 1 << 20, ETA: 9 * time.Second}, true
 }
 
-func (fakeBackups) GetBackup(_ context.Context, id string) (state.Backup, []state.Copy, error) {
+func (f fakeBackups) GetBackup(_ context.Context, id string) (state.Backup, []state.Copy, error) {
+	if id == runningID && f.finished != nil && f.finished.Load() {
+		return state.Backup{ID: id, Source: "demo", Type: "files", State: state.BackupSucceeded, Actor: "token:ci",
+			QueuedAt: fakeTime, StartedAt: fakeTime, FinishedAt: fakeTime.Add(time.Second)}, nil, nil
+	}
 	if id == runningID {
 		return state.Backup{ID: id, Source: "demo", Type: "files", State: state.BackupRunning, Actor: "token:ci",
 			QueuedAt: fakeTime, StartedAt: fakeTime}, nil, nil
@@ -168,6 +180,46 @@ func TestRunningBackupShowsProgress(t *testing.T) {
 	w = f.do(t, "GET", "/api/v1/backups/20261125T060000Z-abcd", "viewer", "")
 	if strings.Contains(w.Body.String(), `"progress"`) {
 		t.Errorf("a finished backup shows progress: %s", w.Body.String())
+	}
+}
+
+// GET /api/v1/backups/{id}?wait= answers as soon as a queued or running
+// backup changes state, at the end of the wait if it does not, and at
+// once for a finished backup.
+func TestGetBackupWaitsForChange(t *testing.T) {
+	f := newFixture(t, nil)
+	fb := &fakeBackups{finished: new(atomic.Bool), changed: make(chan struct{})}
+	f.srv.deps.Backups = fb
+	getState := func(path string) (string, time.Duration) {
+		t.Helper()
+		start := time.Now()
+		w := f.do(t, "GET", path, "viewer", "")
+		var got struct{ State string }
+		if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || w.Code != 200 {
+			t.Fatalf("GET %s = %d %s (%v)", path, w.Code, w.Body.String(), err)
+		}
+		return got.State, time.Since(start)
+	}
+
+	if st, took := getState("/api/v1/backups/20261125T060000Z-abcd?wait=30s"); st != "succeeded" || took > 10*time.Second {
+		t.Errorf("finished backup with wait=30s: %s after %s, want succeeded at once", st, took)
+	}
+	if st, took := getState("/api/v1/backups/" + runningID + "?wait=300ms"); st != "running" || took < 300*time.Millisecond {
+		t.Errorf("running backup, no change, wait=300ms: %s after %s, want running after the wait", st, took)
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		fb.finished.Store(true)
+		close(fb.changed)
+	}()
+	if st, took := getState("/api/v1/backups/" + runningID + "?wait=30s"); st != "succeeded" || took > 10*time.Second {
+		t.Errorf("running backup that ends after 200ms, wait=30s: %s after %s, want succeeded when it ends", st, took)
+	}
+	for _, bad := range []string{"forever", "-1s", "31s", "10"} {
+		if w := f.do(t, "GET", "/api/v1/backups/"+runningID+"?wait="+bad, "viewer", ""); w.Code != 400 ||
+			!strings.Contains(w.Body.String(), "wait must be a duration") {
+			t.Errorf("wait=%s: %d %s, want 400 naming wait", bad, w.Code, w.Body.String())
+		}
 	}
 }
 

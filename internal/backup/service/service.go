@@ -124,6 +124,33 @@ type Service struct {
 
 	metricsMu     sync.Mutex
 	metricSources map[string][]string // source → targets with metric series
+
+	changedMu sync.Mutex
+	changed   chan struct{} // closed at the next state change; nil until asked for
+}
+
+// Changed returns a channel closed when a backup run by this process next
+// changes state (running, or its outcome recorded): a waiter takes it,
+// reads the catalog, and waits on it for the change after what it read.
+// Backups run by other replicas do not close it; a waiter also re-reads
+// the catalog now and then.
+func (s *Service) Changed() <-chan struct{} {
+	s.changedMu.Lock()
+	defer s.changedMu.Unlock()
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return s.changed
+}
+
+// notifyChanged wakes every waiter of Changed.
+func (s *Service) notifyChanged() {
+	s.changedMu.Lock()
+	defer s.changedMu.Unlock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
 }
 
 // Progress reports the progress of a backup running in this process.
@@ -380,6 +407,7 @@ func (s *Service) work(ctx context.Context, jobID int64, created time.Time, args
 	if err := s.opts.Store.UpdateBackup(ctx, b); err != nil {
 		return fmt.Errorf("backup %s: mark running: %w", id, err)
 	}
+	s.notifyChanged()
 	failpoint.Hit("backup.running")
 	res, runErr := s.run(ctx, cfg, sc, b, log)
 	if runErr != nil && ctx.Err() != nil {
@@ -405,6 +433,7 @@ func (s *Service) work(ctx context.Context, jobID int64, created time.Time, args
 	if err := s.opts.Store.UpdateBackup(context.WithoutCancel(ctx), b); err != nil {
 		return fmt.Errorf("backup %s: record outcome: %w", id, err)
 	}
+	s.notifyChanged()
 	failpoint.Hit("backup.finished")
 	s.observe(args.Source, b, finished.Sub(started))
 	if b.State == state.BackupSucceeded || b.State == state.BackupPartial {
