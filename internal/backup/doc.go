@@ -32,11 +32,13 @@
 //
 // Restore reads the manifest from the first target that has a valid,
 // signed one, then verifies the data copy's SHA-256 before anything reaches
-// the destination: by default the stored (compressed, encrypted) bytes are
-// downloaded into a spool file while being hashed, and decrypted,
-// decompressed and applied from there only when the hash matched. With no
-// spool the copy is read twice, once to verify and once to apply, and the
-// second read is hashed again. A copy that is missing, unreadable or does
+// the destination: the stored (compressed, encrypted) bytes of an object
+// store's copy are downloaded into a spool file while being hashed, and
+// decrypted, decompressed and applied from there only when the hash
+// matched. A local copy is hashed, rewound and read again through the same
+// open file (no spool write), and with no spool an object store's copy is
+// read twice; either second read is hashed again, and a copy that changed
+// in between fails the restore, named as such. A copy that is missing, unreadable or does
 // not match is reported and the next target is tried. Only then is a
 // directory extracted (os.Root: no entry can escape it) or pg_restore run;
 // a writer receives the plaintext stream.

@@ -2,6 +2,7 @@ package backup_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"github.com/opsd-dev/opsd/internal/backup/source"
 	"github.com/opsd-dev/opsd/internal/signing"
 	"github.com/opsd-dev/opsd/internal/storage"
+	"github.com/opsd-dev/opsd/internal/storage/local"
 )
 
 func TestSlowAndFailingTargets(t *testing.T) {
@@ -207,13 +209,34 @@ func backupGen(t *testing.T, k keys, st []storage.Backend) *backup.Result {
 	return res
 }
 
+// unseekable hides that a backend's readers can seek (as an object
+// store's cannot), so a restore spools or reads twice.
+type unseekable struct{ storage.Backend }
+
+func (u unseekable) Open(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	rc, err := u.Backend.Open(ctx, key, off, n)
+	if err != nil {
+		return nil, err
+	}
+	return struct{ io.ReadCloser }{rc}, nil
+}
+
+// The three ways a restore verifies a copy before applying it: a local
+// file is read, rewound and read again; an object store's copy is spooled,
+// or with NoSpool read twice.
 func TestFlippedByteFallsBackToNextCopy(t *testing.T) {
-	for _, noSpool := range []bool{false, true} {
-		t.Run(map[bool]string{false: "spool", true: "no spool"}[noSpool], func(t *testing.T) {
+	for _, mode := range []string{"rewind", "spool", "no spool"} {
+		t.Run(mode, func(t *testing.T) {
 			ctx := ctxT(t)
 			k := newKeys(t)
 			st := newStores(t, "first", "second")
 			res := backupGen(t, k, backends(st...))
+			noSpool := mode == "no spool"
+			targets := backends(st...)
+			if mode != "rewind" {
+				targets = []storage.Backend{unseekable{st[0]}, unseekable{st[1]}}
+			}
+			backends := func(bs ...*local.Backend) []storage.Backend { return targets[:len(bs)] }
 			p := filepath.Join(st[0].Root(), filepath.FromSlash(res.Copies[0].Key))
 			data, err := os.ReadFile(p)
 			if err != nil {
@@ -245,6 +268,71 @@ func TestFlippedByteFallsBackToNextCopy(t *testing.T) {
 				t.Errorf("Restore(bad copy only) = %v with %d bytes written; want ErrNoCopy/ErrChecksum and nothing", err, out.Len())
 			}
 		})
+	}
+}
+
+// seekHook runs onSeek when a restore rewinds the local copy it has just
+// verified: between the verification and the apply.
+type seekHook struct {
+	storage.Backend
+	onSeek func()
+}
+
+func (h seekHook) Open(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	rc, err := h.Backend.Open(ctx, key, off, n)
+	if err != nil {
+		return nil, err
+	}
+	return &hookedFile{rc.(*os.File), h.onSeek}, nil
+}
+
+type hookedFile struct {
+	*os.File
+	onSeek func()
+}
+
+func (f *hookedFile) Seek(off int64, whence int) (int64, error) {
+	f.onSeek()
+	return f.File.Seek(off, whence)
+}
+
+// A local copy changed in place after it was verified (between the two
+// reads) fails the restore; it is never restored as if it were good.
+func TestCopyChangedAfterVerification(t *testing.T) {
+	ctx := ctxT(t)
+	k := newKeys(t)
+	st := newStores(t, "a")
+	opts := options(k, "gen", "command", backends(st...))
+	opts.NoEncryption, opts.Recipients = true, nil // no AEAD: the second read's hash must catch it
+	res, err := backup.Run(ctx, &genSource{size: 3 << 20}, opts)
+	if err != nil || res.State != backup.StateSucceeded {
+		t.Fatalf("Run: %v, %v", res, err)
+	}
+	p := filepath.Join(st[0].Root(), filepath.FromSlash(res.Copies[0].Key))
+	flip := func() {
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		b := make([]byte, 1)
+		off := res.Manifest.Size.Stored - 10 // inside the last frame's checksum
+		if _, err := f.ReadAt(b, off); err != nil {
+			t.Error(err)
+		}
+		b[0] ^= 0x01
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Error(err)
+		}
+	}
+	var out bytes.Buffer
+	_, err = backup.Restore(ctx, backup.RestoreOptions{Targets: []storage.Backend{seekHook{st[0], flip}}, ID: res.ID, Verifier: k.verifier, ToWriter: &out})
+	if err == nil {
+		t.Fatalf("Restore of a copy changed after verification succeeded (%d bytes)", out.Len())
+	}
+	if !strings.Contains(err.Error(), "the copy changed between verification and restore") || !errors.Is(err, backup.ErrChecksum) {
+		t.Errorf("Restore = %v; want the change named", err)
 	}
 }
 

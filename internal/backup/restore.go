@@ -135,6 +135,13 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 		res.Target = t.Name()
 		log.Info("restoring copy", "target", t.Name())
 		n, err := apply(ctx, data, m, opts)
+		if hc, ok := data.(*hashCheckReader); ok && err != nil && ctx.Err() == nil {
+			// Decoding failed on a copy read a second time: say so if
+			// the copy is not what was verified.
+			if cerr := hc.drain(); cerr != nil {
+				err = fmt.Errorf("%w (%v)", cerr, err)
+			}
+		}
 		data.Close()
 		res.Bytes = n
 		if err != nil {
@@ -249,18 +256,27 @@ func userTables(ctx context.Context, dsn string) (int, error) {
 }
 
 // fetchVerified returns a reader of the copy's stored bytes that are known
-// to match the manifest: a spool file, or (NoSpool) a second read that is
-// hashed again and fails at EOF if the copy changed in between.
-func fetchVerified(ctx context.Context, t storage.Backend, m *manifest.Manifest, obj manifest.Object, opts RestoreOptions) (io.ReadCloser, error) {
+// to match the manifest: a spool file, or a second read that is hashed
+// again and fails at EOF if the copy changed in between — with NoSpool,
+// and for a copy the backend opens seekable (a local file), which is
+// rewound and read again through the same open file: cheaper than writing
+// it to the spool and reading that back, and a copy replaced on disk in
+// between (the local backend renames into place) cannot be mixed in.
+func fetchVerified(ctx context.Context, t storage.Backend, m *manifest.Manifest, obj manifest.Object, opts RestoreOptions) (_ io.ReadCloser, err error) {
 	key := m.Key(obj.Name)
 	rc, err := t.Open(ctx, key, 0, -1)
 	if err != nil {
 		return nil, fmt.Errorf("read %s on %s: %w", key, t.Name(), err)
 	}
-	defer rc.Close()
+	seeker, rewind := rc.(io.Seeker)
+	defer func() {
+		if !rewind || err != nil {
+			rc.Close()
+		}
+	}()
 	var spool *os.File
 	var dst io.Writer = io.Discard
-	if !opts.NoSpool {
+	if !opts.NoSpool && !rewind {
 		if spool, err = os.CreateTemp(opts.SpoolDir, "opsd-restore-*"); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
@@ -287,6 +303,12 @@ func fetchVerified(ctx context.Context, t storage.Backend, m *manifest.Manifest,
 			return fail(fmt.Errorf("spool: %w", err))
 		}
 		return spool, nil
+	}
+	if rewind {
+		if _, err := seeker.Seek(0, io.SeekStart); err != nil {
+			return nil, fmt.Errorf("read %s on %s: rewind: %w", key, t.Name(), err)
+		}
+		return &hashCheckReader{rc: rc, h: sha256.New(), obj: obj, key: key, target: t.Name()}, nil
 	}
 	rc2, err := t.Open(ctx, key, 0, -1)
 	if err != nil {
@@ -507,6 +529,10 @@ func (p *progressReader) Read(b []byte) (int, error) {
 }
 
 // hashCheckReader fails at EOF if what it read does not match obj.
+// errCopyChanged: a copy read twice (verified, then applied) differed the
+// second time.
+var errCopyChanged = errors.New("the copy changed between verification and restore")
+
 type hashCheckReader struct {
 	rc     io.ReadCloser
 	h      hash.Hash
@@ -522,10 +548,19 @@ func (r *hashCheckReader) Read(p []byte) (int, error) {
 	r.n += int64(n)
 	if err == io.EOF {
 		if cerr := checkDigest(r.target, r.key, r.obj, r.n, hex.EncodeToString(r.h.Sum(nil))); cerr != nil {
-			return n, fmt.Errorf("the copy changed between verification and restore: %w", cerr)
+			return n, fmt.Errorf("%w: %w", errCopyChanged, cerr)
 		}
 	}
 	return n, err
 }
 
 func (r *hashCheckReader) Close() error { return r.rc.Close() }
+
+// drain reads the rest of the copy and returns the hash check's error, if
+// the copy does not match (the decoder may have stopped before EOF).
+func (r *hashCheckReader) drain() error {
+	if _, err := io.Copy(io.Discard, r); errors.Is(err, errCopyChanged) {
+		return err
+	}
+	return nil
+}

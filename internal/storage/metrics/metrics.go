@@ -122,8 +122,21 @@ func (b *Backend) Open(ctx context.Context, key string, offset, length int64) (i
 	if err != nil {
 		return nil, err
 	}
-	return &countingReader{ReadCloser: rc, c: b.m.bytesRead.WithLabelValues(b.target)}, nil
+	cr := &countingReader{ReadCloser: rc, c: b.m.bytesRead.WithLabelValues(b.target)}
+	if s, ok := rc.(io.Seeker); ok {
+		return &countingReadSeeker{cr, s}, nil
+	}
+	return cr, nil
 }
+
+// countingReadSeeker keeps a seekable reader (a local file) seekable, so a
+// restore can read it twice rather than spool it.
+type countingReadSeeker struct {
+	*countingReader
+	s io.Seeker
+}
+
+func (r *countingReadSeeker) Seek(offset int64, whence int) (int64, error) { return r.s.Seek(offset, whence) }
 
 type countingReader struct {
 	io.ReadCloser
