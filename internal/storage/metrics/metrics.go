@@ -136,7 +136,9 @@ type countingReadSeeker struct {
 	s io.Seeker
 }
 
-func (r *countingReadSeeker) Seek(offset int64, whence int) (int64, error) { return r.s.Seek(offset, whence) }
+func (r *countingReadSeeker) Seek(offset int64, whence int) (int64, error) {
+	return r.s.Seek(offset, whence)
+}
 
 type countingReader struct {
 	io.ReadCloser
