@@ -43,12 +43,14 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
+	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/opsd-dev/opsd/internal/config"
@@ -173,8 +175,25 @@ func New(ctx context.Context, name string, opts Options) (*Backend, error) {
 	up := manager.NewUploader(client, func(u *manager.Uploader) {
 		u.PartSize = opts.PartSize
 		u.Concurrency = opts.Concurrency
+		u.ClientOptions = append(u.ClientOptions, awss3.WithAPIOptions(unsignedPayload))
 	})
 	return &Backend{name: name, opts: opts, prefix: prefix, client: client, uploader: up, transport: tr, now: time.Now}, nil
+}
+
+// unsignedPayload sends uploads with X-Amz-Content-Sha256: UNSIGNED-PAYLOAD
+// over plain HTTP too, as the SDK already does over HTTPS: the SDK would
+// otherwise hash every part with SHA-256 for the signature, and the store
+// hash it again to check it — two passes over every byte for an integrity
+// check opsd has end to end (the manifest signs the copy's SHA-256, which
+// the read-back verification after each backup and every restore check,
+// and age authenticates every chunk). Each part still carries its CRC32
+// checksum header, which the store verifies. Set before the checksum
+// middleware runs, which then does not compute the SHA-256 either.
+func unsignedPayload(stack *middleware.Stack) error {
+	return stack.Initialize.Add(middleware.InitializeMiddlewareFunc("OpsdUnsignedPayload",
+		func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+			return next.HandleInitialize(v4.SetPayloadHash(ctx, "UNSIGNED-PAYLOAD"), in)
+		}), middleware.Before)
 }
 
 // partSize is the configured part size, raised so that twice the hinted

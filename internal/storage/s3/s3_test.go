@@ -1,11 +1,15 @@
 package s3_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -279,5 +283,57 @@ func TestOptionsFromTarget(t *testing.T) {
 		StorageClass: "STANDARD_IA", SSE: "aws:kms", KMSKeyID: "key", Prefix: "p", LockMode: "COMPLIANCE", LockDays: 35}
 	if got != want {
 		t.Errorf("OptionsFromTarget() = %+v, want %+v", got, want)
+	}
+}
+
+// Uploads go out with UNSIGNED-PAYLOAD (no SHA-256 pass per part on either
+// side) even over plain HTTP, and each still carries its CRC32 checksum.
+func TestUploadsUnsignedPayloadWithChecksum(t *testing.T) {
+	faker := gofakes3.New(s3mem.New())
+	var mu sync.Mutex
+	var puts []string // "<content-sha256> <crc32 set>" per PUT with a body
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && r.ContentLength != 0 {
+			mu.Lock()
+			puts = append(puts, r.Header.Get("X-Amz-Content-Sha256")+" "+strconv.FormatBool(r.Header.Get("X-Amz-Checksum-Crc32") != ""))
+			mu.Unlock()
+		}
+		faker.Server().ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	be := open(t, "gofakes3", s3.Options{
+		Bucket: "unsigned", Region: "us-east-1", Endpoint: srv.URL, PathStyle: true,
+		Credentials: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+			return aws.Credentials{AccessKeyID: "k", SecretAccessKey: "s"}, nil
+		}),
+		PartSize: 5 << 20,
+	})
+	if _, err := be.Client().CreateBucket(t.Context(), &awss3.CreateBucketInput{Bucket: aws.String("unsigned")}); err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("opsd"), 3<<20) // 12 MiB: three parts
+	for key, data := range map[string][]byte{"small": []byte("hello"), "big": big} {
+		if _, err := be.Save(t.Context(), key, bytes.NewReader(data), storage.SaveOptions{}); err != nil {
+			t.Fatalf("Save %s: %v", key, err)
+		}
+		rc, err := be.Open(t.Context(), key, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("read back %s: %d bytes, %v", key, len(got), err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(puts) < 4 { // the small object, three parts
+		t.Fatalf("saw %d uploads with a body: %v", len(puts), puts)
+	}
+	for _, p := range puts {
+		if p != "UNSIGNED-PAYLOAD true" {
+			t.Errorf("upload sent X-Amz-Content-Sha256 and CRC32 header %q, want UNSIGNED-PAYLOAD with a checksum", p)
+		}
 	}
 }
