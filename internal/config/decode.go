@@ -603,7 +603,7 @@ func (l *loader) decodeStruct(n *yaml.Node, path string, v reflect.Value, secret
 		}
 		f, ok := fields[name]
 		if !ok {
-			l.errAt(p.key, "unknown key %q%s%s", name, where(path), suggest(name, names))
+			l.errAt(p.key, "unknown key %q%s%s", name, where(path), Suggest(name, names))
 			continue
 		}
 		fp := joinKey(path, name)
@@ -701,8 +701,10 @@ func (l *loader) toAny(n *yaml.Node, path string) (any, bool) {
 	return s, ok
 }
 
-// suggest offers the closest valid key for a misspelt one.
-func suggest(name string, valid []string) string {
+// Suggest offers the closest valid name for a misspelt one, as
+// ` (did you mean "x"?)`, or "" when none is within two edits. The config
+// and runbook parsers add it to their "unknown ..." errors.
+func Suggest(name string, valid []string) string {
 	best, bestDist := "", 3
 	for _, v := range valid {
 		if d := editDistance(name, v); d < bestDist {

@@ -771,7 +771,7 @@ func (l *loader) validateAlerts(c *Config) {
 		}
 	}
 	if a.RuleDatasource != "" && a.Datasources[a.RuleDatasource] == nil {
-		l.errPath("alerts.rule_datasource", "unknown datasource %q%s", a.RuleDatasource, suggest(a.RuleDatasource, slices.Sorted(maps.Keys(a.Datasources))))
+		l.errPath("alerts.rule_datasource", "unknown datasource %q%s", a.RuleDatasource, Suggest(a.RuleDatasource, slices.Sorted(maps.Keys(a.Datasources))))
 	}
 	if a.RuleDatasource == "" && len(a.Datasources) > 1 && len(a.RuleFiles) > 0 {
 		l.errKey("alerts", "several datasources: say which one rule_files query with rule_datasource")
@@ -790,7 +790,7 @@ func (l *loader) validateAlerts(c *Config) {
 		p := joinKey("alerts.builtin", name)
 		b := a.Builtin[name]
 		if !slices.Contains(BuiltinAlerts, name) {
-			l.errKey(p, "unknown built-in alert %q%s", name, suggest(name, BuiltinAlerts))
+			l.errKey(p, "unknown built-in alert %q%s", name, Suggest(name, BuiltinAlerts))
 			continue
 		}
 		if l.isSet(p+".severity") && b.Severity == "" {

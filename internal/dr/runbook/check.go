@@ -148,7 +148,7 @@ func (c *checker) restoreInto(s *Step, path, source, typ string) {
 }
 
 func knownHint(name string, known []string) string {
-	if h := suggest(name, known); h != "" {
+	if h := config.Suggest(name, known); h != "" {
 		return h
 	}
 	if len(known) == 0 {

@@ -252,7 +252,7 @@ func (p *parser) fields(n *yaml.Node, path string, allowed []string, fn func(key
 			continue // a home for anchors, as in the config
 		}
 		if !slices.Contains(allowed, name) {
-			p.errAt(kv.key, "unknown key %q%s%s", name, where(path), suggest(name, allowed))
+			p.errAt(kv.key, "unknown key %q%s%s", name, where(path), config.Suggest(name, allowed))
 			continue
 		}
 		keys[name] = kv.key
@@ -354,38 +354,4 @@ func (p *parser) exprPos(n *yaml.Node, off int) Pos {
 		return pos
 	}
 	return Pos{n.Line, n.Column + quote + utf8.RuneCountInString(prefix)}
-}
-
-// suggest offers the closest valid name for a misspelt one.
-func suggest(name string, valid []string) string {
-	best, bestDist := "", 3
-	for _, v := range valid {
-		if d := editDistance(name, v); d < bestDist {
-			best, bestDist = v, d
-		}
-	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			c := 1
-			if a[i-1] == b[j-1] {
-				c = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+c)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }

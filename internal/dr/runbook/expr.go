@@ -14,6 +14,8 @@ import (
 	exprparser "github.com/expr-lang/expr/parser"
 	"github.com/expr-lang/expr/types"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/opsd-dev/opsd/internal/config"
 )
 
 // scope is what an expression may read: the parameters, and the steps
@@ -242,7 +244,7 @@ func (sc *scope) checkRef(r ref) string {
 		for _, p := range sc.params {
 			names = append(names, p.Name)
 		}
-		return fmt.Sprintf("unknown parameter %q%s", r.name, suggest(r.name, names))
+		return fmt.Sprintf("unknown parameter %q%s", r.name, config.Suggest(r.name, names))
 	}
 	if _, exists := sc.order[r.name]; !exists {
 		return fmt.Sprintf("unknown step %q%s", r.name, sc.idHint(r.name))
@@ -281,7 +283,7 @@ func (sc *scope) checkRef(r ref) string {
 	if len(names) == 0 {
 		return fmt.Sprintf("step %q (%s) has no outputs", r.name, s.Uses)
 	}
-	return fmt.Sprintf("step %q (%s) has no output %q%s; it has %s", r.name, s.Uses, r.key, suggest(r.key, names), strings.Join(names, ", "))
+	return fmt.Sprintf("step %q (%s) has no output %q%s; it has %s", r.name, s.Uses, r.key, config.Suggest(r.key, names), strings.Join(names, ", "))
 }
 
 // idHint helps with steps.switch-dns, which reads as steps.switch - dns.
@@ -294,7 +296,7 @@ func (sc *scope) idHint(name string) string {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	return suggest(name, ids)
+	return config.Suggest(name, ids)
 }
 
 // exprErr reports an error of the expression library at the column it

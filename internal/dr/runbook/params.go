@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/opsd-dev/opsd/internal/config"
 )
 
 // ResolveParams checks the parameters a run was started with and returns
@@ -21,7 +23,7 @@ func (rb *Runbook) ResolveParams(given map[string]any) (map[string]any, error) {
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(given)) {
 		if rb.Param(name) == nil {
-			errs = append(errs, fmt.Errorf("unknown parameter %q%s", name, suggest(name, rb.paramNames())))
+			errs = append(errs, fmt.Errorf("unknown parameter %q%s", name, config.Suggest(name, rb.paramNames())))
 		}
 	}
 	for _, prm := range rb.Params {

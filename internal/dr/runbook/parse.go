@@ -181,7 +181,7 @@ func (p *parser) params(n *yaml.Node) []*Param {
 					return
 				}
 				if !slices.Contains(paramTypes, s) {
-					p.errAt(v, "%s.type: %q is not one of %s%s", path, s, strings.Join(paramTypes, ", "), suggest(s, paramTypes))
+					p.errAt(v, "%s.type: %q is not one of %s%s", path, s, strings.Join(paramTypes, ", "), config.Suggest(s, paramTypes))
 					typeOK = false
 					prm.Type = "" // unknown: expressions may use it as anything
 					return
@@ -422,7 +422,7 @@ func (p *parser) uses(s *Step, stepNode, v *yaml.Node, path string) {
 		return
 	}
 	if _, ok := builtinActions[name]; !ok {
-		if hint := suggest(name, actionNames()); hint != "" {
+		if hint := config.Suggest(name, actionNames()); hint != "" {
 			p.errAt(v, "%s.uses: unknown action %q%s", path, name, hint)
 		} else {
 			p.errAt(v, "%s.uses: unknown action %q: want one of %s, or plugin:<name>", path, name, strings.Join(actionNames(), ", "))
@@ -552,7 +552,7 @@ func (p *parser) marks(n *yaml.Node, path string) ([]Mark, map[Mark]Pos) {
 			continue
 		}
 		if !slices.Contains(marks, s) {
-			p.errAt(item, "%s: %q is not one of %s%s", ip, s, strings.Join(marks, ", "), suggest(s, marks))
+			p.errAt(item, "%s: %q is not one of %s%s", ip, s, strings.Join(marks, ", "), config.Suggest(s, marks))
 			continue
 		}
 		if slices.Contains(out, Mark(s)) {

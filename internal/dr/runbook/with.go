@@ -36,7 +36,7 @@ func (p *parser) with(s *Step, n *yaml.Node, path string, sc *scope) map[string]
 		}
 		f, ok := a.Field(key)
 		if !ok {
-			p.errAt(kv.key, "unknown key %q%s for %s%s; it takes %s", key, where(path), s.Uses, suggest(key, names), strings.Join(names, ", "))
+			p.errAt(kv.key, "unknown key %q%s for %s%s; it takes %s", key, where(path), s.Uses, config.Suggest(key, names), strings.Join(names, ", "))
 			continue
 		}
 		if isNull(kv.val) {
@@ -387,7 +387,7 @@ func (p *parser) fieldValue(s *Step, v *Value, n *yaml.Node, path string, f Fiel
 		return
 	}
 	if len(f.Enum) > 0 && !containsStr(f.Enum, str) {
-		p.errAt(n, "%s: %q is not one of %s%s", path, str, strings.Join(f.Enum, ", "), suggest(str, f.Enum))
+		p.errAt(n, "%s: %q is not one of %s%s", path, str, strings.Join(f.Enum, ", "), config.Suggest(str, f.Enum))
 		return
 	}
 	switch {
