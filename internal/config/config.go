@@ -567,6 +567,7 @@ func Parse(filename string, data []byte, getenv func(string) string) (*Config, e
 		getenv: getenv,
 		nodes:  map[string]nodePos{},
 	}
+	l.w.ErrAt = l.errAt
 	c := &Config{File: filename, hash: hex.EncodeToString(sum[:])}
 	if !l.decodeFile(data, c) {
 		return nil, l.problems()

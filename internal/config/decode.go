@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/opsd-dev/opsd/internal/yamlnode"
 )
 
 // nodePos remembers where a config path was written, so validation, which
@@ -36,12 +38,18 @@ type loader struct {
 	bad      map[string]bool
 	expanded map[string]bool
 	probs    Problems
-	aliases  int
+	w        yamlnode.Walker // aliases, mapping pairs
 }
 
-// maxAliases bounds alias dereferences so a "billion laughs" document
-// cannot make the walk explode.
-const maxAliases = 10000
+// The node helpers shared with the runbook parser (internal/yamlnode).
+var (
+	displayPath = yamlnode.Display
+	where       = yamlnode.Where
+	joinKey     = yamlnode.JoinKey
+	joinIndex   = yamlnode.JoinIndex
+	isNull      = yamlnode.IsNull
+	kindName    = yamlnode.KindName
+)
 
 func (l *loader) problems() Problems {
 	ps := slices.Clone(l.probs)
@@ -127,37 +135,6 @@ func (l *loader) show(path, value string) string {
 	return strconv.Quote(value)
 }
 
-func displayPath(path string) string {
-	if path == "" {
-		return "top level"
-	}
-	return path
-}
-
-// where names the mapping at path for a message about one of its keys.
-func where(path string) string {
-	if path == "" {
-		return " at the top level"
-	}
-	return " in " + path
-}
-
-var simpleKey = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
-
-// joinKey appends a mapping key to a path: a.b, or a["x.y"] when the key
-// would be ambiguous.
-func joinKey(path, key string) string {
-	if !simpleKey.MatchString(key) {
-		return path + "[" + strconv.Quote(key) + "]"
-	}
-	if path == "" {
-		return key
-	}
-	return path + "." + key
-}
-
-func joinIndex(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
-
 // parentPath strips the last element of a path; the parent of a
 // top-level key is "".
 func parentPath(path string) string {
@@ -167,12 +144,6 @@ func parentPath(path string) string {
 	}
 	return path[:i]
 }
-
-func isNull(n *yaml.Node) bool {
-	return n == nil || (n.Kind == yaml.ScalarNode && n.Tag == "!!null")
-}
-
-var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 // decodeFile parses data and decodes it into c. It returns false when the
 // YAML itself is unusable; decoding problems are collected in l.
@@ -206,123 +177,11 @@ func (l *loader) decodeFile(data []byte, c *Config) bool {
 	return true
 }
 
-// parserProblems are the messages of yaml.v3's parser (as opposed to its
-// scanner). For these, v3 reports the 0-based line where the enclosing
-// construct started (a flow mapping's "{", say), so one is added; the
-// scanner's lines are already 1-based.
-var parserProblems = map[string]bool{
-	"did not find expected <stream-start>":   true,
-	"did not find expected <document start>": true,
-	"found undefined tag handle":             true,
-	"did not find expected node content":     true,
-	"did not find expected '-' indicator":    true,
-	"did not find expected key":              true,
-	"did not find expected ',' or ']'":       true,
-	"did not find expected ',' or '}'":       true,
-	"found duplicate %YAML directive":        true,
-	"found incompatible YAML document":       true,
-	"found duplicate %TAG directive":         true,
-}
-
 // syntaxError turns a YAML parser error into a problem. yaml.v3 reports a
 // line but no column, so the column is left out.
 func (l *loader) syntaxError(err error) {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	line := 0
-	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
-		line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	}
-	if parserProblems[msg] {
-		line++
-	}
+	line, msg := yamlnode.SyntaxError(err)
 	l.probs = append(l.probs, Problem{File: l.file, Line: line, Msg: "invalid YAML: " + msg})
-}
-
-// deref follows aliases.
-func (l *loader) deref(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode {
-		l.aliases++
-		if l.aliases == maxAliases {
-			l.errAt(n, "too many alias expansions")
-		}
-		if l.aliases >= maxAliases {
-			return nil
-		}
-		n = n.Alias
-	}
-	return n
-}
-
-type pair struct{ key, val *yaml.Node }
-
-// pairs returns the key/value pairs of mapping n with merge keys applied.
-// Duplicate keys are problems; keys written explicitly override merged ones.
-func (l *loader) pairs(n *yaml.Node, path string) []pair {
-	var out, merged []pair
-	seen := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := l.deref(n.Content[i]), n.Content[i+1]
-		if k == nil {
-			continue
-		}
-		if k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
-			merged = append(merged, l.mergePairs(v, path)...)
-			continue
-		}
-		if k.Kind != yaml.ScalarNode {
-			l.errAt(k, "%s: keys must be strings, got %s", displayPath(path), kindName(k))
-			continue
-		}
-		if first, dup := seen[k.Value]; dup {
-			l.errAt(k, "duplicate key %q%s (first at line %d)", k.Value, where(path), first.Line)
-			continue
-		}
-		seen[k.Value] = k
-		out = append(out, pair{k, v})
-	}
-	for _, p := range merged {
-		if _, ok := seen[p.key.Value]; !ok {
-			seen[p.key.Value] = p.key
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// mergePairs returns the pairs a merge key (<<) brings in: from a mapping
-// or from a sequence of mappings, earlier ones winning.
-func (l *loader) mergePairs(v *yaml.Node, path string) []pair {
-	v = l.deref(v)
-	if v == nil {
-		return nil
-	}
-	switch v.Kind {
-	case yaml.MappingNode:
-		return l.pairs(v, path)
-	case yaml.SequenceNode:
-		var out []pair
-		seen := map[string]bool{}
-		for _, item := range v.Content {
-			item = l.deref(item)
-			if item == nil {
-				continue
-			}
-			if item.Kind != yaml.MappingNode {
-				l.errAt(item, "%s: << must merge mappings, got %s", displayPath(path), kindName(item))
-				continue
-			}
-			for _, p := range l.pairs(item, path) {
-				if !seen[p.key.Value] {
-					seen[p.key.Value] = true
-					out = append(out, p)
-				}
-			}
-		}
-		return out
-	}
-	l.errAt(v, "%s: << must merge a mapping, got %s", displayPath(path), kindName(v))
-	return nil
 }
 
 // nodeUnmarshaler is implemented by types whose YAML form is not a plain
@@ -342,7 +201,7 @@ var (
 // decode decodes n into v. secret marks values that must not be quoted in
 // problems.
 func (l *loader) decode(n *yaml.Node, path string, v reflect.Value, secret bool) {
-	n = l.deref(n)
+	n = l.w.Deref(n)
 	if isNull(n) {
 		return
 	}
@@ -452,22 +311,6 @@ func (l *loader) typeErr(n *yaml.Node, path, want, got string, secret bool) {
 func (l *loader) wrongKind(n *yaml.Node, path, want string) {
 	l.markBad(path)
 	l.errAt(n, "%s: want %s, got %s", displayPath(path), want, kindName(n))
-}
-
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a sequence"
-	}
-	switch n.Tag {
-	case "!!int", "!!float":
-		return "a number"
-	case "!!bool":
-		return "a boolean"
-	}
-	return "a string"
 }
 
 // scalar returns the expanded value of scalar node n.
@@ -596,22 +439,22 @@ func (l *loader) decodeStruct(n *yaml.Node, path string, v reflect.Value, secret
 		return
 	}
 	fields, names := fieldsOf(v.Type())
-	for _, p := range l.pairs(n, path) {
-		name := p.key.Value
+	for _, p := range l.w.Pairs(n, path) {
+		name := p.Key.Value
 		if path == "" && strings.HasPrefix(name, "x-") {
 			continue // a home for anchors, as in Compose files
 		}
 		f, ok := fields[name]
 		if !ok {
-			l.errAt(p.key, "unknown key %q%s%s", name, where(path), Suggest(name, names))
+			l.errAt(p.Key, "unknown key %q%s%s", name, where(path), Suggest(name, names))
 			continue
 		}
 		fp := joinKey(path, name)
-		val := l.deref(p.val)
+		val := l.w.Deref(p.Val)
 		if isNull(val) {
 			continue
 		}
-		l.nodes[fp] = nodePos{key: p.key, val: val}
+		l.nodes[fp] = nodePos{key: p.Key, val: val}
 		l.decode(val, fp, v.Field(f.index), secret || f.secret)
 	}
 }
@@ -625,10 +468,10 @@ func (l *loader) decodeMap(n *yaml.Node, path string, v reflect.Value, secret bo
 		v.Set(reflect.MakeMap(v.Type()))
 	}
 	et := v.Type().Elem()
-	for _, p := range l.pairs(n, path) {
-		fp := joinKey(path, p.key.Value)
-		val := l.deref(p.val)
-		l.nodes[fp] = nodePos{key: p.key, val: val}
+	for _, p := range l.w.Pairs(n, path) {
+		fp := joinKey(path, p.Key.Value)
+		val := l.w.Deref(p.Val)
+		l.nodes[fp] = nodePos{key: p.Key, val: val}
 		elem := reflect.New(et).Elem()
 		if et.Kind() == reflect.Pointer {
 			// An entry with no body still exists, so that validation can
@@ -636,7 +479,7 @@ func (l *loader) decodeMap(n *yaml.Node, path string, v reflect.Value, secret bo
 			elem.Set(reflect.New(et.Elem()))
 		}
 		l.decode(val, fp, elem, secret)
-		v.SetMapIndex(reflect.ValueOf(p.key.Value).Convert(v.Type().Key()), elem)
+		v.SetMapIndex(reflect.ValueOf(p.Key.Value).Convert(v.Type().Key()), elem)
 	}
 }
 
@@ -648,7 +491,7 @@ func (l *loader) decodeSlice(n *yaml.Node, path string, v reflect.Value, secret 
 	s := reflect.MakeSlice(v.Type(), 0, len(n.Content))
 	for i, item := range n.Content {
 		fp := joinIndex(path, i)
-		item = l.deref(item)
+		item = l.w.Deref(item)
 		l.nodes[fp] = nodePos{val: item}
 		elem := reflect.New(v.Type().Elem()).Elem()
 		l.decode(item, fp, elem, secret)
@@ -660,7 +503,7 @@ func (l *loader) decodeSlice(n *yaml.Node, path string, v reflect.Value, secret 
 // toAny decodes free-form YAML (plugin configs) into maps, slices and
 // scalars, expanding string scalars like everywhere else.
 func (l *loader) toAny(n *yaml.Node, path string) (any, bool) {
-	n = l.deref(n)
+	n = l.w.Deref(n)
 	if n == nil {
 		return nil, false
 	}
@@ -668,11 +511,11 @@ func (l *loader) toAny(n *yaml.Node, path string) (any, bool) {
 	case yaml.MappingNode:
 		m := map[string]any{}
 		ok := true
-		for _, p := range l.pairs(n, path) {
-			fp := joinKey(path, p.key.Value)
-			l.nodes[fp] = nodePos{key: p.key, val: l.deref(p.val)}
-			x, xok := l.toAny(p.val, fp)
-			m[p.key.Value] = x
+		for _, p := range l.w.Pairs(n, path) {
+			fp := joinKey(path, p.Key.Value)
+			l.nodes[fp] = nodePos{key: p.Key, val: l.w.Deref(p.Val)}
+			x, xok := l.toAny(p.Val, fp)
+			m[p.Key.Value] = x
 			ok = ok && xok
 		}
 		return m, ok
@@ -681,7 +524,7 @@ func (l *loader) toAny(n *yaml.Node, path string) (any, bool) {
 		ok := true
 		for i, item := range n.Content {
 			fp := joinIndex(path, i)
-			l.nodes[fp] = nodePos{val: l.deref(item)}
+			l.nodes[fp] = nodePos{val: l.w.Deref(item)}
 			x, xok := l.toAny(item, fp)
 			s = append(s, x)
 			ok = ok && xok

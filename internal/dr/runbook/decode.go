@@ -6,29 +6,34 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/yamlnode"
 )
 
 // parser holds the state of one Parse: the file's lines (for columns
 // inside scalars) and the problems found so far.
 type parser struct {
-	file    string
-	lines   [][]byte
-	probs   config.Problems
-	aliases int
+	file  string
+	lines [][]byte
+	probs config.Problems
+	w     yamlnode.Walker // aliases, mapping pairs
 }
 
-// maxAliases bounds alias dereferences so a "billion laughs" document
-// cannot make the walk explode.
-const maxAliases = 10000
+// The node helpers shared with the config loader (internal/yamlnode).
+var (
+	display   = yamlnode.Display
+	where     = yamlnode.Where
+	joinKey   = yamlnode.JoinKey
+	joinIndex = yamlnode.JoinIndex
+	isNull    = yamlnode.IsNull
+	kindName  = yamlnode.KindName
+)
 
 func (p *parser) errAt(n *yaml.Node, format string, args ...any) {
 	var pos Pos
@@ -52,34 +57,8 @@ func sortProblems(ps config.Problems) {
 
 func posOf(n *yaml.Node) Pos { return Pos{n.Line, n.Column} }
 
-var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-// parserProblems are yaml.v3 parser messages whose line is 0-based (see
-// internal/config); the scanner's lines are 1-based already.
-var parserProblems = map[string]bool{
-	"did not find expected <stream-start>":   true,
-	"did not find expected <document start>": true,
-	"found undefined tag handle":             true,
-	"did not find expected node content":     true,
-	"did not find expected '-' indicator":    true,
-	"did not find expected key":              true,
-	"did not find expected ',' or ']'":       true,
-	"did not find expected ',' or '}'":       true,
-	"found duplicate %YAML directive":        true,
-	"found incompatible YAML document":       true,
-	"found duplicate %TAG directive":         true,
-}
-
 func (p *parser) syntaxError(err error) {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	line := 0
-	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
-		line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	}
-	if parserProblems[msg] {
-		line++
-	}
+	line, msg := yamlnode.SyntaxError(err)
 	p.probs = append(p.probs, config.Problem{File: p.file, Line: line, Msg: "invalid YAML: " + msg})
 }
 
@@ -105,7 +84,7 @@ func (p *parser) document(data []byte) *yaml.Node {
 		p.syntaxError(err)
 		return nil
 	}
-	root := p.deref(doc.Content[0])
+	root := p.w.Deref(doc.Content[0])
 	if isNull(root) {
 		p.errPos(Pos{}, "runbook is empty")
 		return nil
@@ -113,128 +92,17 @@ func (p *parser) document(data []byte) *yaml.Node {
 	return root
 }
 
-func (p *parser) deref(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode {
-		p.aliases++
-		if p.aliases == maxAliases {
-			p.errAt(n, "too many alias expansions")
-		}
-		if p.aliases >= maxAliases {
-			return nil
-		}
-		n = n.Alias
-	}
-	return n
-}
-
-func isNull(n *yaml.Node) bool {
-	return n == nil || (n.Kind == yaml.ScalarNode && n.Tag == "!!null")
-}
-
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a sequence"
-	}
-	switch n.Tag {
-	case "!!int", "!!float":
-		return "a number"
-	case "!!bool":
-		return "a boolean"
-	case "!!null":
-		return "nothing"
-	}
-	return "a string"
-}
-
 func (p *parser) wrongKind(n *yaml.Node, path, want string) {
 	p.errAt(n, "%s: want %s, got %s", path, want, kindName(n))
 }
 
-type pair struct{ key, val *yaml.Node }
-
-// pairs returns the key/value pairs of mapping n with merge keys applied;
-// duplicate keys are problems, explicit keys override merged ones. The
-// values are dereferenced.
-func (p *parser) pairs(n *yaml.Node, path string) []pair {
-	var out, merged []pair
-	seen := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := p.deref(n.Content[i]), n.Content[i+1]
-		if k == nil {
-			continue
-		}
-		if k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
-			merged = append(merged, p.mergePairs(v, path)...)
-			continue
-		}
-		if k.Kind != yaml.ScalarNode {
-			p.errAt(k, "%s: keys must be strings, got %s", path, kindName(k))
-			continue
-		}
-		if first, dup := seen[k.Value]; dup {
-			p.errAt(k, "duplicate key %q%s (first at line %d)", k.Value, where(path), first.Line)
-			continue
-		}
-		seen[k.Value] = k
-		out = append(out, pair{k, p.deref(v)})
+// pairs is yamlnode's Pairs with the values dereferenced.
+func (p *parser) pairs(n *yaml.Node, path string) []yamlnode.Pair {
+	ps := p.w.Pairs(n, path)
+	for i := range ps {
+		ps[i].Val = p.w.Deref(ps[i].Val)
 	}
-	for _, m := range merged {
-		if _, ok := seen[m.key.Value]; !ok {
-			seen[m.key.Value] = m.key
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-func (p *parser) mergePairs(v *yaml.Node, path string) []pair {
-	v = p.deref(v)
-	if v == nil {
-		return nil
-	}
-	switch v.Kind {
-	case yaml.MappingNode:
-		return p.pairs(v, path)
-	case yaml.SequenceNode:
-		var out []pair
-		seen := map[string]bool{}
-		for _, item := range v.Content {
-			item = p.deref(item)
-			if item == nil {
-				continue
-			}
-			if item.Kind != yaml.MappingNode {
-				p.errAt(item, "%s: << must merge mappings, got %s", path, kindName(item))
-				continue
-			}
-			for _, q := range p.pairs(item, path) {
-				if !seen[q.key.Value] {
-					seen[q.key.Value] = true
-					out = append(out, q)
-				}
-			}
-		}
-		return out
-	}
-	p.errAt(v, "%s: << must merge a mapping, got %s", path, kindName(v))
-	return nil
-}
-
-func where(path string) string {
-	if path == "" {
-		return " at the top level"
-	}
-	return " in " + path
-}
-
-func display(path string) string {
-	if path == "" {
-		return "top level"
-	}
-	return path
+	return ps
 }
 
 // fields decodes mapping n whose allowed keys are the keys of fns, calling
@@ -247,36 +115,22 @@ func (p *parser) fields(n *yaml.Node, path string, allowed []string, fn func(key
 	}
 	keys := map[string]*yaml.Node{}
 	for _, kv := range p.pairs(n, display(path)) {
-		name := kv.key.Value
+		name := kv.Key.Value
 		if path == "" && strings.HasPrefix(name, "x-") {
 			continue // a home for anchors, as in the config
 		}
 		if !slices.Contains(allowed, name) {
-			p.errAt(kv.key, "unknown key %q%s%s", name, where(path), config.Suggest(name, allowed))
+			p.errAt(kv.Key, "unknown key %q%s%s", name, where(path), config.Suggest(name, allowed))
 			continue
 		}
-		keys[name] = kv.key
-		if isNull(kv.val) {
+		keys[name] = kv.Key
+		if isNull(kv.Val) {
 			continue
 		}
-		fn(name, kv.key, kv.val)
+		fn(name, kv.Key, kv.Val)
 	}
 	return keys
 }
-
-func joinKey(path, key string) string {
-	if !simpleKey.MatchString(key) {
-		return path + "[" + strconv.Quote(key) + "]"
-	}
-	if path == "" {
-		return key
-	}
-	return path + "." + key
-}
-
-var simpleKey = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
-
-func joinIndex(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
 
 // str decodes a scalar as a string. Numbers are accepted as their text;
 // ${{ }} is refused: expressions belong in if: and with: only.

@@ -68,6 +68,7 @@ func Parse(file string, data []byte, refs *References) (*Runbook, error) {
 // (nil when the YAML itself is unusable) and the problems found.
 func parse(file string, data []byte) (*Runbook, config.Problems) {
 	p := &parser{file: file}
+	p.w.ErrAt = p.errAt
 	root := p.document(data)
 	if root == nil {
 		return nil, p.probs
@@ -156,23 +157,23 @@ func (p *parser) params(n *yaml.Node) []*Param {
 	var out []*Param
 	envNames := map[string]*Param{}
 	for _, kv := range p.pairs(n, "params") {
-		name := kv.key.Value
+		name := kv.Key.Value
 		path := joinKey("params", name)
-		prm := &Param{Name: name, Type: TypeString, Pos: posOf(kv.key)}
+		prm := &Param{Name: name, Type: TypeString, Pos: posOf(kv.Key)}
 		if !paramRE.MatchString(name) {
-			p.errAt(kv.key, "%s: invalid parameter name: use letters, digits and '_', not starting with a digit", path)
+			p.errAt(kv.Key, "%s: invalid parameter name: use letters, digits and '_', not starting with a digit", path)
 		} else if other, dup := envNames[ParamEnvName(name)]; dup {
-			p.errAt(kv.key, "%s: parameter %q and %q are both %s in exec's environment", path, other.Name, name, ParamEnvName(name))
+			p.errAt(kv.Key, "%s: parameter %q and %q are both %s in exec's environment", path, other.Name, name, ParamEnvName(name))
 		} else {
 			envNames[ParamEnvName(name)] = prm
 		}
 		out = append(out, prm)
-		if isNull(kv.val) {
+		if isNull(kv.Val) {
 			continue // a string parameter with no default
 		}
 		var defNode, valuesNode *yaml.Node
 		typeOK := true
-		p.fields(kv.val, path, paramKeys, func(key string, _, v *yaml.Node) {
+		p.fields(kv.Val, path, paramKeys, func(key string, _, v *yaml.Node) {
 			switch key {
 			case "type":
 				s, ok := p.str(v, path+".type")
@@ -200,7 +201,7 @@ func (p *parser) params(n *yaml.Node) []*Param {
 		if valuesNode != nil {
 			prm.Values = p.enumValues(valuesNode, path+".values", prm.Type)
 		} else if prm.Type == TypeEnum {
-			p.errAt(kv.key, "%s: an enum parameter needs values", path)
+			p.errAt(kv.Key, "%s: an enum parameter needs values", path)
 		}
 		if defNode != nil && typeOK {
 			prm.Default = p.paramDefault(defNode, path+".default", prm)
@@ -226,7 +227,7 @@ func (p *parser) enumValues(n *yaml.Node, path string, typ ParamType) []string {
 	}
 	var out []string
 	for i, item := range n.Content {
-		item = p.deref(item)
+		item = p.w.Deref(item)
 		if item == nil {
 			continue
 		}
@@ -299,7 +300,7 @@ func (p *parser) steps(n *yaml.Node, rb *Runbook) []*Step {
 	firstID := map[string]*yaml.Node{}
 	for i, item := range n.Content {
 		path := joinIndex("steps", i)
-		sn := &stepNode{n: p.deref(item), keys: map[string]*yaml.Node{}, vals: map[string]*yaml.Node{}}
+		sn := &stepNode{n: p.w.Deref(item), keys: map[string]*yaml.Node{}, vals: map[string]*yaml.Node{}}
 		nodes[i] = sn
 		if sn.n == nil {
 			continue
@@ -539,7 +540,7 @@ func (p *parser) marks(n *yaml.Node, path string) ([]Mark, map[Mark]Pos) {
 	var out []Mark
 	pos := map[Mark]Pos{}
 	for i, item := range items {
-		item = p.deref(item)
+		item = p.w.Deref(item)
 		if item == nil {
 			continue
 		}

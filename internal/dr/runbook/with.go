@@ -26,37 +26,37 @@ func (p *parser) with(s *Step, n *yaml.Node, path string, sc *scope) map[string]
 		}
 	}
 	for _, kv := range p.pairs(n, path) {
-		key := kv.key.Value
+		key := kv.Key.Value
 		kp := joinKey(path, key)
 		if a == nil {
-			if v := p.value(kv.val, kp, sc, false); v != nil {
+			if v := p.value(kv.Val, kp, sc, false); v != nil {
 				out[key] = v
 			}
 			continue
 		}
 		f, ok := a.Field(key)
 		if !ok {
-			p.errAt(kv.key, "unknown key %q%s for %s%s; it takes %s", key, where(path), s.Uses, config.Suggest(key, names), strings.Join(names, ", "))
+			p.errAt(kv.Key, "unknown key %q%s for %s%s; it takes %s", key, where(path), s.Uses, config.Suggest(key, names), strings.Join(names, ", "))
 			continue
 		}
-		if isNull(kv.val) {
+		if isNull(kv.Val) {
 			if f.Required {
-				p.errAt(kv.key, "%s: missing value", kp)
+				p.errAt(kv.Key, "%s: missing value", kp)
 			}
 			continue
 		}
 		var v *Value
 		if f.Kind == KindCondition {
-			v = p.conditionValue(kv.val, kp, sc)
+			v = p.conditionValue(kv.Val, kp, sc)
 		} else {
-			v = p.value(kv.val, kp, sc, f.NoExpr)
+			v = p.value(kv.Val, kp, sc, f.NoExpr)
 		}
 		if v == nil {
 			out[key] = nil // present, but reported; keeps "missing" quiet
 			continue
 		}
-		if p.fieldType(v, kv.val, kp, f) {
-			p.fieldValue(s, v, kv.val, kp, f)
+		if p.fieldType(v, kv.Val, kp, f) {
+			p.fieldValue(s, v, kv.Val, kp, f)
 		}
 		out[key] = v
 	}
@@ -112,7 +112,7 @@ func (sc *scope) secret(e *Expr) bool {
 // value decodes any YAML value into a Value, compiling the expressions in
 // its strings. noExpr refuses expressions anywhere inside (exec argv).
 func (p *parser) value(n *yaml.Node, path string, sc *scope, noExpr bool) *Value {
-	n = p.deref(n)
+	n = p.w.Deref(n)
 	if n == nil {
 		return nil
 	}
@@ -123,13 +123,13 @@ func (p *parser) value(n *yaml.Node, path string, sc *scope, noExpr bool) *Value
 		v.m = map[string]*Value{}
 		ok := true
 		for _, kv := range p.pairs(n, path) {
-			x := p.value(kv.val, joinKey(path, kv.key.Value), sc, noExpr)
+			x := p.value(kv.Val, joinKey(path, kv.Key.Value), sc, noExpr)
 			if x == nil {
 				ok = false
 				continue
 			}
-			v.keys = append(v.keys, kv.key.Value)
-			v.m[kv.key.Value] = x
+			v.keys = append(v.keys, kv.Key.Value)
+			v.m[kv.Key.Value] = x
 		}
 		if !ok {
 			return nil
@@ -273,8 +273,8 @@ func (p *parser) fieldType(v *Value, n *yaml.Node, path string, f Field) bool {
 		}
 		ok := true
 		for _, kv := range p.pairs(n, path) {
-			x := v.m[kv.key.Value]
-			if x != nil && !p.scalarType(x, p.deref(kv.val), joinKey(path, kv.key.Value), Field{Kind: KindString}, "a string") {
+			x := v.m[kv.Key.Value]
+			if x != nil && !p.scalarType(x, p.w.Deref(kv.Val), joinKey(path, kv.Key.Value), Field{Kind: KindString}, "a string") {
 				ok = false
 			}
 		}
@@ -370,12 +370,12 @@ func (p *parser) fieldValue(s *Step, v *Value, n *yaml.Node, path string, f Fiel
 		}
 		if v.kind == kindMap && s.Uses == ActionExec && f.Name == "env" {
 			for _, kv := range p.pairs(n, path) {
-				name := kv.key.Value
+				name := kv.Key.Value
 				switch {
 				case !envRE.MatchString(name):
-					p.errAt(kv.key, "%s: invalid environment variable name %q", path, name)
+					p.errAt(kv.Key, "%s: invalid environment variable name %q", path, name)
 				case strings.HasPrefix(strings.ToUpper(name), "OPSD_PARAM_"):
-					p.errAt(kv.key, "%s: %s: OPSD_PARAM_* is set by opsd from the run's parameters", path, name)
+					p.errAt(kv.Key, "%s: %s: OPSD_PARAM_* is set by opsd from the run's parameters", path, name)
 				}
 			}
 		}
