@@ -41,16 +41,6 @@ type loader struct {
 	w        yamlnode.Walker // aliases, mapping pairs
 }
 
-// The node helpers shared with the runbook parser (internal/yamlnode).
-var (
-	displayPath = yamlnode.Display
-	where       = yamlnode.Where
-	joinKey     = yamlnode.JoinKey
-	joinIndex   = yamlnode.JoinIndex
-	isNull      = yamlnode.IsNull
-	kindName    = yamlnode.KindName
-)
-
 func (l *loader) problems() Problems {
 	ps := slices.Clone(l.probs)
 	ps.sort()
@@ -89,7 +79,7 @@ func (l *loader) isBad(path string) bool {
 // isSet reports whether path was written in the file with a non-null value.
 func (l *loader) isSet(path string) bool {
 	n, ok := l.nodes[path]
-	return ok && !isNull(n.val)
+	return ok && !yamlnode.IsNull(n.val)
 }
 
 // posOf returns the node to report a problem about path at: the value if
@@ -114,7 +104,7 @@ func (l *loader) errPath(path, format string, args ...any) {
 	if l.isBad(path) {
 		return
 	}
-	l.errAt(l.posOf(path, false), "%s: %s", displayPath(path), fmt.Sprintf(format, args...))
+	l.errAt(l.posOf(path, false), "%s: %s", yamlnode.Display(path), fmt.Sprintf(format, args...))
 }
 
 // errKey is errPath placed at the key, for problems about a key's
@@ -123,7 +113,7 @@ func (l *loader) errKey(path, format string, args ...any) {
 	if l.isBad(path) {
 		return
 	}
-	l.errAt(l.posOf(path, true), "%s: %s", displayPath(path), fmt.Sprintf(format, args...))
+	l.errAt(l.posOf(path, true), "%s: %s", yamlnode.Display(path), fmt.Sprintf(format, args...))
 }
 
 // show quotes a value for a message, unless it came from an expansion:
@@ -168,7 +158,7 @@ func (l *loader) decodeFile(data []byte, c *Config) bool {
 		return false
 	}
 	root := doc.Content[0]
-	if isNull(root) {
+	if yamlnode.IsNull(root) {
 		l.probs = append(l.probs, Problem{File: l.file, Msg: "config is empty"})
 		return false
 	}
@@ -202,7 +192,7 @@ var (
 // problems.
 func (l *loader) decode(n *yaml.Node, path string, v reflect.Value, secret bool) {
 	n = l.w.Deref(n)
-	if isNull(n) {
+	if yamlnode.IsNull(n) {
 		return
 	}
 	if v.CanAddr() && v.Addr().Type().Implements(nodeUnmarshalerType) {
@@ -301,16 +291,16 @@ func (l *loader) decode(n *yaml.Node, path string, v reflect.Value, secret bool)
 func (l *loader) typeErr(n *yaml.Node, path, want, got string, secret bool) {
 	l.markBad(path)
 	if secret || l.expanded[path] {
-		l.errAt(n, "%s: %s", displayPath(path), want)
+		l.errAt(n, "%s: %s", yamlnode.Display(path), want)
 		return
 	}
-	l.errAt(n, "%s: %s, got %q", displayPath(path), want, got)
+	l.errAt(n, "%s: %s, got %q", yamlnode.Display(path), want, got)
 }
 
 // wrongKind reports a node of the wrong kind.
 func (l *loader) wrongKind(n *yaml.Node, path, want string) {
 	l.markBad(path)
-	l.errAt(n, "%s: want %s, got %s", displayPath(path), want, kindName(n))
+	l.errAt(n, "%s: want %s, got %s", yamlnode.Display(path), want, yamlnode.KindName(n))
 }
 
 // scalar returns the expanded value of scalar node n.
@@ -350,7 +340,7 @@ func (l *loader) expand(n *yaml.Node, path string) (string, bool) {
 		}
 		end := strings.IndexByte(s[i+2:], '}')
 		if end < 0 {
-			l.errAt(n, "%s: unterminated ${ (write $${ for a literal ${)", displayPath(path))
+			l.errAt(n, "%s: unterminated ${ (write $${ for a literal ${)", yamlnode.Display(path))
 			return "", false
 		}
 		ref := s[i+2 : i+2+end]
@@ -361,14 +351,14 @@ func (l *loader) expand(n *yaml.Node, path string) (string, bool) {
 		l.expanded[path] = true
 		if file, isFile := strings.CutPrefix(ref, "file:"); isFile {
 			if file == "" {
-				l.errAt(n, "%s: ${file:} needs a path", displayPath(path))
+				l.errAt(n, "%s: ${file:} needs a path", yamlnode.Display(path))
 				ok = false
 				continue
 			}
 			p := l.resolve(file)
 			data, err := os.ReadFile(p)
 			if err != nil {
-				l.errAt(n, "%s: cannot read %s: %s", displayPath(path), p, pathErrText(err))
+				l.errAt(n, "%s: cannot read %s: %s", yamlnode.Display(path), p, pathErrText(err))
 				ok = false
 				continue
 			}
@@ -376,7 +366,7 @@ func (l *loader) expand(n *yaml.Node, path string) (string, bool) {
 			continue
 		}
 		if !envName.MatchString(ref) {
-			l.errAt(n, "%s: invalid variable name %q in ${...}", displayPath(path), ref)
+			l.errAt(n, "%s: invalid variable name %q in ${...}", yamlnode.Display(path), ref)
 			ok = false
 			continue
 		}
@@ -385,7 +375,7 @@ func (l *loader) expand(n *yaml.Node, path string) (string, bool) {
 			val = l.getenv(ref)
 		}
 		if val == "" {
-			l.errAt(n, "%s: environment variable %s is not set", displayPath(path), ref)
+			l.errAt(n, "%s: environment variable %s is not set", yamlnode.Display(path), ref)
 			ok = false
 			continue
 		}
@@ -446,12 +436,12 @@ func (l *loader) decodeStruct(n *yaml.Node, path string, v reflect.Value, secret
 		}
 		f, ok := fields[name]
 		if !ok {
-			l.errAt(p.Key, "unknown key %q%s%s", name, where(path), Suggest(name, names))
+			l.errAt(p.Key, "unknown key %q%s%s", name, yamlnode.Where(path), Suggest(name, names))
 			continue
 		}
-		fp := joinKey(path, name)
+		fp := yamlnode.JoinKey(path, name)
 		val := l.w.Deref(p.Val)
-		if isNull(val) {
+		if yamlnode.IsNull(val) {
 			continue
 		}
 		l.nodes[fp] = nodePos{key: p.Key, val: val}
@@ -469,7 +459,7 @@ func (l *loader) decodeMap(n *yaml.Node, path string, v reflect.Value, secret bo
 	}
 	et := v.Type().Elem()
 	for _, p := range l.w.Pairs(n, path) {
-		fp := joinKey(path, p.Key.Value)
+		fp := yamlnode.JoinKey(path, p.Key.Value)
 		val := l.w.Deref(p.Val)
 		l.nodes[fp] = nodePos{key: p.Key, val: val}
 		elem := reflect.New(et).Elem()
@@ -490,7 +480,7 @@ func (l *loader) decodeSlice(n *yaml.Node, path string, v reflect.Value, secret 
 	}
 	s := reflect.MakeSlice(v.Type(), 0, len(n.Content))
 	for i, item := range n.Content {
-		fp := joinIndex(path, i)
+		fp := yamlnode.JoinIndex(path, i)
 		item = l.w.Deref(item)
 		l.nodes[fp] = nodePos{val: item}
 		elem := reflect.New(v.Type().Elem()).Elem()
@@ -512,7 +502,7 @@ func (l *loader) toAny(n *yaml.Node, path string) (any, bool) {
 		m := map[string]any{}
 		ok := true
 		for _, p := range l.w.Pairs(n, path) {
-			fp := joinKey(path, p.Key.Value)
+			fp := yamlnode.JoinKey(path, p.Key.Value)
 			l.nodes[fp] = nodePos{key: p.Key, val: l.w.Deref(p.Val)}
 			x, xok := l.toAny(p.Val, fp)
 			m[p.Key.Value] = x
@@ -523,7 +513,7 @@ func (l *loader) toAny(n *yaml.Node, path string) (any, bool) {
 		s := make([]any, 0, len(n.Content))
 		ok := true
 		for i, item := range n.Content {
-			fp := joinIndex(path, i)
+			fp := yamlnode.JoinIndex(path, i)
 			l.nodes[fp] = nodePos{val: l.w.Deref(item)}
 			x, xok := l.toAny(item, fp)
 			s = append(s, x)

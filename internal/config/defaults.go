@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/opsd-dev/opsd/internal/yamlnode"
 )
 
 // Defaults that other packages may want to show or compare with.
@@ -72,16 +74,16 @@ func (l *loader) applyDefaults(c *Config) {
 	}
 
 	for name, src := range c.Sources {
-		if !l.isSet(joinKey(joinKey("sources", name), "compression") + ".zstd_level") {
+		if !l.isSet(yamlnode.JoinKey(yamlnode.JoinKey("sources", name), "compression") + ".zstd_level") {
 			src.Compression.ZstdLevel = DefaultZstdLevel
 		}
 	}
 	for i := range c.Runbooks.Schedules {
-		setString(joinIndex("runbooks.schedules", i)+".mode", &c.Runbooks.Schedules[i].Mode, "drill")
+		setString(yamlnode.JoinIndex("runbooks.schedules", i)+".mode", &c.Runbooks.Schedules[i].Mode, "drill")
 	}
 	for name, ds := range c.Alerts.Datasources {
-		setString(joinKey("alerts.datasources", name)+".type", &ds.Type, "prometheus")
-		setDuration(joinKey("alerts.datasources", name)+".timeout", &ds.Timeout, 2*time.Minute)
+		setString(yamlnode.JoinKey("alerts.datasources", name)+".type", &ds.Type, "prometheus")
+		setDuration(yamlnode.JoinKey("alerts.datasources", name)+".timeout", &ds.Timeout, 2*time.Minute)
 	}
 	setDuration("alerts.evaluation_interval", &c.Alerts.EvaluationInterval, 15*time.Second)
 	if c.Alerts.DrillSilences == nil {
@@ -106,7 +108,7 @@ func (l *loader) applyDefaults(c *Config) {
 	setString("cost.currency", &c.Cost.Currency, DefaultCurrency)
 	setString("cost.prices", &c.Cost.Prices, BuiltinPrices)
 	for name, b := range c.Cost.Budgets {
-		p := joinKey("cost.budgets", name) + ".scope"
+		p := yamlnode.JoinKey("cost.budgets", name) + ".scope"
 		if !l.isSet(p+".targets") && !l.isSet(p+".sources") {
 			b.Scope.Targets.All = true
 		}

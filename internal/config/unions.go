@@ -4,6 +4,8 @@ import (
 	"reflect"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/opsd-dev/opsd/internal/yamlnode"
 )
 
 // unmarshalNode accepts `encryption: none` or a mapping. "none" must be
@@ -31,7 +33,7 @@ func (e *Encryption) unmarshalNode(l *loader, n *yaml.Node, path string) {
 func (a *Argv) unmarshalNode(l *loader, n *yaml.Node, path string) {
 	if n.Kind == yaml.ScalarNode {
 		l.markBad(path)
-		l.errAt(n, "%s: command must be an argv list, not a shell string", displayPath(path))
+		l.errAt(n, "%s: command must be an argv list, not a shell string", yamlnode.Display(path))
 		return
 	}
 	l.decodeSlice(n, path, reflect.ValueOf((*[]string)(a)).Elem(), false)

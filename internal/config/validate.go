@@ -22,6 +22,8 @@ import (
 
 	"filippo.io/age"
 	"github.com/prometheus/alertmanager/pkg/labels"
+
+	"github.com/opsd-dev/opsd/internal/yamlnode"
 )
 
 const nameProblem = "invalid name: use lower-case letters, digits, '_' and '-', starting with a letter or digit"
@@ -86,10 +88,10 @@ func (l *loader) validate(c *Config) {
 	l.validateServer(c)
 	l.validateAudit(c)
 	for _, name := range slices.Sorted(maps.Keys(c.Targets)) {
-		l.validateTarget(joinKey("targets", name), name, c.Targets[name])
+		l.validateTarget(yamlnode.JoinKey("targets", name), name, c.Targets[name])
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Sources)) {
-		l.validateSource(c, joinKey("sources", name), name, c.Sources[name])
+		l.validateSource(c, yamlnode.JoinKey("sources", name), name, c.Sources[name])
 	}
 	l.validateRunbooks(c)
 	l.validatePlugins(c)
@@ -99,7 +101,7 @@ func (l *loader) validate(c *Config) {
 
 // require reports key missing from the mapping at parent, or set but empty.
 func (l *loader) require(parent, key string, empty bool) bool {
-	p := joinKey(parent, key)
+	p := yamlnode.JoinKey(parent, key)
 	if l.isBad(p) {
 		return false
 	}
@@ -156,7 +158,7 @@ func (l *loader) cron(path string, spec Cron) {
 func (l *loader) refs(path, kind string, names []string, exists func(string) bool) {
 	seen := map[string]bool{}
 	for i, n := range names {
-		p := joinIndex(path, i)
+		p := yamlnode.JoinIndex(path, i)
 		switch {
 		case seen[n]:
 			l.errPath(p, "%s %q listed twice", kind, n)
@@ -229,7 +231,7 @@ func (l *loader) validateServer(c *Config) {
 	hashes := map[[32]byte]string{}
 	for i := range s.Tokens {
 		t := &s.Tokens[i]
-		p := joinIndex("server.tokens", i)
+		p := yamlnode.JoinIndex("server.tokens", i)
 		if l.require(p, "name", t.Name == "") {
 			if first, dup := names[t.Name]; dup {
 				l.errPath(p+".name", "token name %q already used by %s", t.Name, first)
@@ -341,7 +343,7 @@ func (l *loader) typeKeys(path string, v any, typ string, allowed map[string][]s
 		if !limited || slices.Contains(types, typ) {
 			continue
 		}
-		if p := joinKey(path, key); l.isSet(p) {
+		if p := yamlnode.JoinKey(path, key); l.isSet(p) {
 			l.errKey(p, "not valid for type %s", typ)
 		}
 	}
@@ -454,13 +456,13 @@ func (l *loader) validateSource(c *Config, p, name string, s *Source) {
 		if l.require(p, "paths", len(s.Paths) == 0) {
 			for i, fp := range s.Paths {
 				if fp == "" {
-					l.errPath(joinIndex(p+".paths", i), "must not be empty")
+					l.errPath(yamlnode.JoinIndex(p+".paths", i), "must not be empty")
 				}
 			}
 		}
 		for i, g := range s.Exclude {
 			if _, err := path.Match(g, ""); err != nil {
-				l.errPath(joinIndex(p+".exclude", i), "invalid glob %q", g)
+				l.errPath(yamlnode.JoinIndex(p+".exclude", i), "invalid glob %q", g)
 			}
 		}
 	case SourceCommand:
@@ -469,7 +471,7 @@ func (l *loader) validateSource(c *Config, p, name string, s *Source) {
 		}
 		for _, k := range slices.Sorted(maps.Keys(s.Env)) {
 			if !paramRE.MatchString(k) {
-				l.errKey(joinKey(p+".env", k), "invalid environment variable name %q", k)
+				l.errKey(yamlnode.JoinKey(p+".env", k), "invalid environment variable name %q", k)
 			}
 		}
 		if l.isSet(p+".extension") && !extensionRE.MatchString(s.Extension) {
@@ -541,7 +543,7 @@ func (l *loader) validateSource(c *Config, p, name string, s *Source) {
 			}
 		}
 		for i, ch := range r.Checks {
-			cp := joinIndex(rp+".checks", i)
+			cp := yamlnode.JoinIndex(rp+".checks", i)
 			l.require(cp, "sql", strings.TrimSpace(ch.SQL) == "")
 			if l.require(cp, "expect", ch.Expect == "") && !expectRE.MatchString(strings.TrimSpace(ch.Expect)) {
 				l.errPath(cp+".expect", "%s: want an operator and a number, like \"> 0\"", l.show(cp+".expect", ch.Expect))
@@ -567,7 +569,7 @@ func (l *loader) validateSource(c *Config, p, name string, s *Source) {
 func (l *loader) policyReachable(c *Config, p string, s *Source) {
 	var targets []*Target
 	for _, n := range s.Targets {
-		if t := c.Targets[n]; t != nil && !l.isBad(joinKey("targets", n)) {
+		if t := c.Targets[n]; t != nil && !l.isBad(yamlnode.JoinKey("targets", n)) {
 			targets = append(targets, t)
 		}
 	}
@@ -613,7 +615,7 @@ func (l *loader) validateEncryption(p string, e *Encryption) {
 	for i, r := range e.AgeRecipients {
 		rec, err := age.ParseX25519Recipient(strings.TrimSpace(r))
 		if err != nil {
-			l.errPath(joinIndex(p+".age_recipients", i), "not an age X25519 recipient (age1...)")
+			l.errPath(yamlnode.JoinIndex(p+".age_recipients", i), "not an age X25519 recipient (age1...)")
 			continue
 		}
 		e.Recipients = append(e.Recipients, rec)
@@ -697,7 +699,7 @@ func (l *loader) validateRunbooks(c *Config) {
 		l.errKey("runbooks", "missing required key \"dir\" (schedules name runbooks in it)")
 	}
 	for i, s := range r.Schedules {
-		p := joinIndex("runbooks.schedules", i)
+		p := yamlnode.JoinIndex("runbooks.schedules", i)
 		if l.require(p, "runbook", s.Runbook == "") && !nameRE.MatchString(s.Runbook) {
 			l.errPath(p+".runbook", "%s: %s", l.show(p+".runbook", s.Runbook), nameProblem)
 		}
@@ -707,7 +709,7 @@ func (l *loader) validateRunbooks(c *Config) {
 		l.oneOf(p+".mode", s.Mode, runbookModes)
 		for _, k := range slices.Sorted(maps.Keys(s.Params)) {
 			if !paramRE.MatchString(k) {
-				l.errKey(joinKey(p+".params", k), "invalid parameter name %q", k)
+				l.errKey(yamlnode.JoinKey(p+".params", k), "invalid parameter name %q", k)
 			}
 		}
 	}
@@ -719,7 +721,7 @@ func (l *loader) validatePlugins(c *Config) {
 		l.errKey("plugins", "missing required key \"dir\" (plugins are pinned)")
 	}
 	for _, name := range slices.Sorted(maps.Keys(pl.Pinned)) {
-		p := joinKey("plugins.pinned", name)
+		p := yamlnode.JoinKey("plugins.pinned", name)
 		if !nameRE.MatchString(name) {
 			l.errKey(p, "%s", nameProblem)
 		}
@@ -732,7 +734,7 @@ func (l *loader) validatePlugins(c *Config) {
 func (l *loader) validateAlerts(c *Config) {
 	a := &c.Alerts
 	for _, name := range slices.Sorted(maps.Keys(a.Datasources)) {
-		p := joinKey("alerts.datasources", name)
+		p := yamlnode.JoinKey("alerts.datasources", name)
 		ds := a.Datasources[name]
 		l.oneOf(p+".type", ds.Type, []string{"prometheus"})
 		if l.require(p, "url", ds.URL == "") {
@@ -758,14 +760,14 @@ func (l *loader) validateAlerts(c *Config) {
 		}
 		for _, h := range slices.Sorted(maps.Keys(ds.Headers)) {
 			if !httpHeaderRE.MatchString(h) {
-				l.errKey(joinKey(p+".headers", h), "invalid HTTP header name %q", h)
+				l.errKey(yamlnode.JoinKey(p+".headers", h), "invalid HTTP header name %q", h)
 			}
 		}
 		l.clientTLS(p+".tls", ds.TLS)
 		l.positive(p+".timeout", float64(ds.Timeout))
 	}
 	for i, g := range a.RuleFiles {
-		p := joinIndex("alerts.rule_files", i)
+		p := yamlnode.JoinIndex("alerts.rule_files", i)
 		if _, err := filepath.Match(g, ""); err != nil || g == "" {
 			l.errPath(p, "invalid glob %s", l.show(p, g))
 		}
@@ -787,7 +789,7 @@ func (l *loader) validateAlerts(c *Config) {
 		l.oneOf(hp+".method", hb.Method, []string{"GET", "POST"})
 	}
 	for _, name := range slices.Sorted(maps.Keys(a.Builtin)) {
-		p := joinKey("alerts.builtin", name)
+		p := yamlnode.JoinKey("alerts.builtin", name)
 		b := a.Builtin[name]
 		if !slices.Contains(BuiltinAlerts, name) {
 			l.errKey(p, "unknown built-in alert %q%s", name, Suggest(name, BuiltinAlerts))
@@ -810,7 +812,7 @@ func (l *loader) validateAlerts(c *Config) {
 		l.validateRoute("alerts.route", a.Route, receiverExists)
 	}
 	for i, r := range a.InhibitRules {
-		p := joinIndex("alerts.inhibit_rules", i)
+		p := yamlnode.JoinIndex("alerts.inhibit_rules", i)
 		if l.require(p, "source_matchers", len(r.SourceMatchers) == 0) {
 			l.matchers(p+".source_matchers", r.SourceMatchers)
 		}
@@ -820,7 +822,7 @@ func (l *loader) validateAlerts(c *Config) {
 		l.labelList(p+".equal", r.Equal)
 	}
 	for _, name := range slices.Sorted(maps.Keys(a.Receivers)) {
-		l.validateReceiver(joinKey("alerts.receivers", name), a.Receivers[name])
+		l.validateReceiver(yamlnode.JoinKey("alerts.receivers", name), a.Receivers[name])
 	}
 }
 
@@ -830,7 +832,7 @@ func (l *loader) validateRoute(p string, r *Route, exists func(string) bool) {
 	}
 	for i, g := range r.GroupBy {
 		if g != "..." && !labelRE.MatchString(g) {
-			l.errPath(joinIndex(p+".group_by", i), "invalid label name %q", g)
+			l.errPath(yamlnode.JoinIndex(p+".group_by", i), "invalid label name %q", g)
 		}
 	}
 	l.positive(p+".group_wait", float64(r.GroupWait))
@@ -839,7 +841,7 @@ func (l *loader) validateRoute(p string, r *Route, exists func(string) bool) {
 	l.matchers(p+".matchers", r.Matchers)
 	for i, child := range r.Routes {
 		if child != nil {
-			l.validateRoute(joinIndex(p+".routes", i), child, exists)
+			l.validateRoute(yamlnode.JoinIndex(p+".routes", i), child, exists)
 		}
 	}
 }
@@ -863,7 +865,7 @@ var httpHeaderRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 func (l *loader) matchers(p string, ms []string) {
 	for i, m := range ms {
 		if _, err := labels.ParseMatcher(m); err != nil {
-			l.errPath(joinIndex(p, i), "invalid matcher %q: %v", m, err)
+			l.errPath(yamlnode.JoinIndex(p, i), "invalid matcher %q: %v", m, err)
 		}
 	}
 }
@@ -871,7 +873,7 @@ func (l *loader) matchers(p string, ms []string) {
 func (l *loader) labelList(p string, names []string) {
 	for i, n := range names {
 		if !labelRE.MatchString(n) {
-			l.errPath(joinIndex(p, i), "invalid label name %q", n)
+			l.errPath(yamlnode.JoinIndex(p, i), "invalid label name %q", n)
 		}
 	}
 }
@@ -879,7 +881,7 @@ func (l *loader) labelList(p string, names []string) {
 func (l *loader) labelNames(p string, names []string) {
 	for _, n := range names {
 		if !labelRE.MatchString(n) {
-			l.errKey(joinKey(p, n), "invalid label name %q", n)
+			l.errKey(yamlnode.JoinKey(p, n), "invalid label name %q", n)
 		}
 	}
 }
@@ -904,7 +906,7 @@ func (l *loader) validateReceiver(p string, r *Receiver) {
 		ep := p + ".email"
 		if l.require(ep, "to", len(e.To) == 0) {
 			for i, to := range e.To {
-				l.address(joinIndex(ep+".to", i), to)
+				l.address(yamlnode.JoinIndex(ep+".to", i), to)
 			}
 		}
 		if l.require(ep, "from", e.From == "") {
@@ -970,7 +972,7 @@ func (l *loader) validateCost(c *Config) {
 		l.fileExists("cost.prices", co.Prices)
 	}
 	for _, name := range slices.Sorted(maps.Keys(co.Budgets)) {
-		p := joinKey("cost.budgets", name)
+		p := yamlnode.JoinKey("cost.budgets", name)
 		b := co.Budgets[name]
 		if l.require(p, "monthly", false) {
 			l.positive(p+".monthly", b.Monthly)
@@ -978,7 +980,7 @@ func (l *loader) validateCost(c *Config) {
 		l.refs(p+".scope.targets", "target", b.Scope.Targets.Names, func(n string) bool { return c.Targets[n] != nil })
 		l.refs(p+".scope.sources", "source", b.Scope.Sources, func(n string) bool { return c.Sources[n] != nil })
 		for i, t := range b.AlertOn {
-			tp := joinIndex(p+".alert_on", i)
+			tp := yamlnode.JoinIndex(p+".alert_on", i)
 			if l.exactlyOne(tp, "actual", "forecast") {
 				l.positive(tp+".actual", float64(t.Actual))
 				l.positive(tp+".forecast", float64(t.Forecast))

@@ -93,7 +93,7 @@ func TestSyntaxError(t *testing.T) {
 		line int
 		msg  string
 	}{
-		{"a: 1\nb: [1, 2\n", 2, "did not find expected ',' or ']'"}, // a parser error: 0-based line from yaml.v3
+		{"a: 1\nb: [1, 2\n", 2, "did not find expected ',' or ']'"},              // a parser error: 0-based line from yaml.v3
 		{"a: 1\n\tb: 2\n", 2, "found a tab character that violates indentation"}, // a scanner error: 1-based already
 	} {
 		var n yaml.Node

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/yamlnode"
 )
 
 // References are the names a runbook may use from the opsd config. A nil
@@ -67,7 +68,7 @@ func Check(rb *Runbook, refs *References) config.Problems {
 	}
 	c := &checker{file: rb.File, refs: refs}
 	for i, s := range rb.Steps {
-		path := joinIndex("steps", i)
+		path := yamlnode.JoinIndex("steps", i)
 		c.step(s, path)
 		if s.Compensate != nil {
 			c.step(s.Compensate, path+".compensate")

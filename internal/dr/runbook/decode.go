@@ -25,16 +25,6 @@ type parser struct {
 	w     yamlnode.Walker // aliases, mapping pairs
 }
 
-// The node helpers shared with the config loader (internal/yamlnode).
-var (
-	display   = yamlnode.Display
-	where     = yamlnode.Where
-	joinKey   = yamlnode.JoinKey
-	joinIndex = yamlnode.JoinIndex
-	isNull    = yamlnode.IsNull
-	kindName  = yamlnode.KindName
-)
-
 func (p *parser) errAt(n *yaml.Node, format string, args ...any) {
 	var pos Pos
 	if n != nil {
@@ -85,7 +75,7 @@ func (p *parser) document(data []byte) *yaml.Node {
 		return nil
 	}
 	root := p.w.Deref(doc.Content[0])
-	if isNull(root) {
+	if yamlnode.IsNull(root) {
 		p.errPos(Pos{}, "runbook is empty")
 		return nil
 	}
@@ -93,7 +83,7 @@ func (p *parser) document(data []byte) *yaml.Node {
 }
 
 func (p *parser) wrongKind(n *yaml.Node, path, want string) {
-	p.errAt(n, "%s: want %s, got %s", path, want, kindName(n))
+	p.errAt(n, "%s: want %s, got %s", path, want, yamlnode.KindName(n))
 }
 
 // pairs is yamlnode's Pairs with the values dereferenced.
@@ -110,21 +100,21 @@ func (p *parser) pairs(n *yaml.Node, path string) []yamlnode.Pair {
 // keys are problems. It returns the key nodes by name.
 func (p *parser) fields(n *yaml.Node, path string, allowed []string, fn func(key string, k, v *yaml.Node)) map[string]*yaml.Node {
 	if n.Kind != yaml.MappingNode {
-		p.wrongKind(n, display(path), "a mapping")
+		p.wrongKind(n, yamlnode.Display(path), "a mapping")
 		return nil
 	}
 	keys := map[string]*yaml.Node{}
-	for _, kv := range p.pairs(n, display(path)) {
+	for _, kv := range p.pairs(n, yamlnode.Display(path)) {
 		name := kv.Key.Value
 		if path == "" && strings.HasPrefix(name, "x-") {
 			continue // a home for anchors, as in the config
 		}
 		if !slices.Contains(allowed, name) {
-			p.errAt(kv.Key, "unknown key %q%s%s", name, where(path), config.Suggest(name, allowed))
+			p.errAt(kv.Key, "unknown key %q%s%s", name, yamlnode.Where(path), config.Suggest(name, allowed))
 			continue
 		}
 		keys[name] = kv.Key
-		if isNull(kv.Val) {
+		if yamlnode.IsNull(kv.Val) {
 			continue
 		}
 		fn(name, kv.Key, kv.Val)

@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/yamlnode"
 )
 
 var (
@@ -158,7 +159,7 @@ func (p *parser) params(n *yaml.Node) []*Param {
 	envNames := map[string]*Param{}
 	for _, kv := range p.pairs(n, "params") {
 		name := kv.Key.Value
-		path := joinKey("params", name)
+		path := yamlnode.JoinKey("params", name)
 		prm := &Param{Name: name, Type: TypeString, Pos: posOf(kv.Key)}
 		if !paramRE.MatchString(name) {
 			p.errAt(kv.Key, "%s: invalid parameter name: use letters, digits and '_', not starting with a digit", path)
@@ -168,7 +169,7 @@ func (p *parser) params(n *yaml.Node) []*Param {
 			envNames[ParamEnvName(name)] = prm
 		}
 		out = append(out, prm)
-		if isNull(kv.Val) {
+		if yamlnode.IsNull(kv.Val) {
 			continue // a string parameter with no default
 		}
 		var defNode, valuesNode *yaml.Node
@@ -231,12 +232,12 @@ func (p *parser) enumValues(n *yaml.Node, path string, typ ParamType) []string {
 		if item == nil {
 			continue
 		}
-		s, ok := p.str(item, joinIndex(path, i))
+		s, ok := p.str(item, yamlnode.JoinIndex(path, i))
 		if !ok {
 			continue
 		}
 		if slices.Contains(out, s) {
-			p.errAt(item, "%s: duplicate value %q", joinIndex(path, i), s)
+			p.errAt(item, "%s: duplicate value %q", yamlnode.JoinIndex(path, i), s)
 			continue
 		}
 		out = append(out, s)
@@ -299,13 +300,13 @@ func (p *parser) steps(n *yaml.Node, rb *Runbook) []*Step {
 	nodes := make([]*stepNode, len(n.Content))
 	firstID := map[string]*yaml.Node{}
 	for i, item := range n.Content {
-		path := joinIndex("steps", i)
+		path := yamlnode.JoinIndex("steps", i)
 		sn := &stepNode{n: p.w.Deref(item), keys: map[string]*yaml.Node{}, vals: map[string]*yaml.Node{}}
 		nodes[i] = sn
 		if sn.n == nil {
 			continue
 		}
-		if isNull(sn.n) {
+		if yamlnode.IsNull(sn.n) {
 			p.errAt(sn.n, "%s: empty step", path)
 			continue
 		}
@@ -349,7 +350,7 @@ func (p *parser) steps(n *yaml.Node, rb *Runbook) []*Step {
 		if sn.n == nil || sn.keys == nil {
 			continue
 		}
-		out = append(out, p.step(sn, joinIndex("steps", i), sc))
+		out = append(out, p.step(sn, yamlnode.JoinIndex("steps", i), sc))
 	}
 	p.crossSteps(out)
 	return out
@@ -546,7 +547,7 @@ func (p *parser) marks(n *yaml.Node, path string) ([]Mark, map[Mark]Pos) {
 		}
 		ip := path
 		if n.Kind == yaml.SequenceNode {
-			ip = joinIndex(path, i)
+			ip = yamlnode.JoinIndex(path, i)
 		}
 		s, ok := p.str(item, ip)
 		if !ok {

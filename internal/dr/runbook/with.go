@@ -8,6 +8,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/opsd-dev/opsd/internal/config"
+	"github.com/opsd-dev/opsd/internal/yamlnode"
 )
 
 // with decodes a step's with: against its action's fields. Plugin steps
@@ -27,7 +28,7 @@ func (p *parser) with(s *Step, n *yaml.Node, path string, sc *scope) map[string]
 	}
 	for _, kv := range p.pairs(n, path) {
 		key := kv.Key.Value
-		kp := joinKey(path, key)
+		kp := yamlnode.JoinKey(path, key)
 		if a == nil {
 			if v := p.value(kv.Val, kp, sc, false); v != nil {
 				out[key] = v
@@ -36,10 +37,10 @@ func (p *parser) with(s *Step, n *yaml.Node, path string, sc *scope) map[string]
 		}
 		f, ok := a.Field(key)
 		if !ok {
-			p.errAt(kv.Key, "unknown key %q%s for %s%s; it takes %s", key, where(path), s.Uses, config.Suggest(key, names), strings.Join(names, ", "))
+			p.errAt(kv.Key, "unknown key %q%s for %s%s; it takes %s", key, yamlnode.Where(path), s.Uses, config.Suggest(key, names), strings.Join(names, ", "))
 			continue
 		}
-		if isNull(kv.Val) {
+		if yamlnode.IsNull(kv.Val) {
 			if f.Required {
 				p.errAt(kv.Key, "%s: missing value", kp)
 			}
@@ -123,7 +124,7 @@ func (p *parser) value(n *yaml.Node, path string, sc *scope, noExpr bool) *Value
 		v.m = map[string]*Value{}
 		ok := true
 		for _, kv := range p.pairs(n, path) {
-			x := p.value(kv.Val, joinKey(path, kv.Key.Value), sc, noExpr)
+			x := p.value(kv.Val, yamlnode.JoinKey(path, kv.Key.Value), sc, noExpr)
 			if x == nil {
 				ok = false
 				continue
@@ -139,7 +140,7 @@ func (p *parser) value(n *yaml.Node, path string, sc *scope, noExpr bool) *Value
 		v.kind = kindList
 		ok := true
 		for i, item := range n.Content {
-			x := p.value(item, joinIndex(path, i), sc, noExpr)
+			x := p.value(item, yamlnode.JoinIndex(path, i), sc, noExpr)
 			if x == nil {
 				ok = false
 				continue
@@ -254,7 +255,7 @@ func (p *parser) fieldType(v *Value, n *yaml.Node, path string, f Field) bool {
 			elem, ew = Field{Kind: KindInt}, "an integer"
 		}
 		for i, x := range v.list {
-			if !p.scalarType(x, n.Content[i], joinIndex(path, i), elem, ew) {
+			if !p.scalarType(x, n.Content[i], yamlnode.JoinIndex(path, i), elem, ew) {
 				ok = false
 			}
 		}
@@ -274,7 +275,7 @@ func (p *parser) fieldType(v *Value, n *yaml.Node, path string, f Field) bool {
 		ok := true
 		for _, kv := range p.pairs(n, path) {
 			x := v.m[kv.Key.Value]
-			if x != nil && !p.scalarType(x, p.w.Deref(kv.Val), joinKey(path, kv.Key.Value), Field{Kind: KindString}, "a string") {
+			if x != nil && !p.scalarType(x, p.w.Deref(kv.Val), yamlnode.JoinKey(path, kv.Key.Value), Field{Kind: KindString}, "a string") {
 				ok = false
 			}
 		}
@@ -416,19 +417,19 @@ func (p *parser) listValues(s *Step, v *Value, n *yaml.Node, path string) {
 		}
 		for i, x := range v.list {
 			if a, ok := x.lit.(string); ok && !approverRE.MatchString(a) {
-				p.errAt(n.Content[i], "%s: %q: want role:operator, role:admin or token:NAME", joinIndex(path, i), a)
+				p.errAt(n.Content[i], "%s: %q: want role:operator, role:admin or token:NAME", yamlnode.JoinIndex(path, i), a)
 			}
 		}
 	case s.Uses == ActionExec && strings.HasSuffix(path, ".argv"):
 		if len(v.list) == 0 {
 			p.errAt(n, "%s: want the program and its arguments", path)
 		} else if a, ok := v.list[0].lit.(string); ok && a == "" {
-			p.errAt(n.Content[0], "%s: empty program name", joinIndex(path, 0))
+			p.errAt(n.Content[0], "%s: empty program name", yamlnode.JoinIndex(path, 0))
 		}
 	case strings.HasSuffix(path, ".expect_status"):
 		for i, x := range v.list {
 			if c, ok := x.lit.(int); ok && (c < 100 || c > 599) {
-				p.errAt(n.Content[i], "%s: %d is not an HTTP status", joinIndex(path, i), c)
+				p.errAt(n.Content[i], "%s: %d is not an HTTP status", yamlnode.JoinIndex(path, i), c)
 			}
 		}
 	}
