@@ -294,6 +294,7 @@ func (d *Daemon) run(ctx context.Context, cfg *config.Config) error {
 	if cfg.Server.TLS == nil {
 		httpSrv.Protocols.SetUnencryptedHTTP2(true)
 	}
+	httpSrv.RegisterOnShutdown(d.api.Stopping) // long polls answer at once
 	grace := cfg.Server.ShutdownGrace
 
 	var g run.Group

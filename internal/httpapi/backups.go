@@ -277,6 +277,8 @@ func (s *Server) waitBackup(r *http.Request, id string, wait time.Duration) (sta
 			return b, copies, ctx.Err()
 		case <-deadline.C:
 			return b, copies, nil
+		case <-s.stopping:
+			return b, copies, nil
 		case <-changed:
 		case <-recheck.C:
 		}

@@ -207,6 +207,20 @@ func TestGetBackupWaitsForChange(t *testing.T) {
 	if st, took := getState("/api/v1/backups/" + runningID + "?wait=300ms"); st != "running" || took < 300*time.Millisecond {
 		t.Errorf("running backup, no change, wait=300ms: %s after %s, want running after the wait", st, took)
 	}
+	// A shutdown answers every long poll at once with what it has.
+	stopped := newFixture(t, nil)
+	stopped.srv.deps.Backups = &fakeBackups{finished: new(atomic.Bool), changed: make(chan struct{})}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		stopped.srv.Stopping()
+	}()
+	start := time.Now()
+	w := stopped.do(t, "GET", "/api/v1/backups/"+runningID+"?wait=30s", "viewer", "")
+	var got struct{ State string }
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || w.Code != 200 || got.State != "running" || time.Since(start) > 10*time.Second {
+		t.Errorf("long poll during shutdown: %d %s after %s, want the running backup at once", w.Code, w.Body.String(), time.Since(start))
+	}
+
 	go func() {
 		time.Sleep(200 * time.Millisecond)
 		fb.finished.Store(true)

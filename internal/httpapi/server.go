@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -84,7 +85,14 @@ type Server struct {
 	mux      *http.ServeMux
 	metrics  *httpMetrics
 	newID    func() string
+	stopping chan struct{} // closed by Stopping: long polls answer now
+	stopOnce sync.Once
 }
+
+// Stopping makes every long poll (GET /api/v1/backups/{id}?wait=) answer
+// at once with what it has, so a graceful shutdown does not wait for them;
+// the daemon registers it with http.Server.RegisterOnShutdown.
+func (s *Server) Stopping() { s.stopOnce.Do(func() { close(s.stopping) }) }
 
 type serverSettings struct {
 	Settings
@@ -95,11 +103,12 @@ type serverSettings struct {
 // NewServer returns the API handler. reg receives the HTTP metrics.
 func NewServer(deps Deps, s Settings, reg prometheus.Registerer) *Server {
 	srv := &Server{
-		deps:    deps,
-		log:     deps.Logger.With("component", "http"),
-		mux:     http.NewServeMux(),
-		metrics: newHTTPMetrics(reg),
-		newID:   randomID,
+		deps:     deps,
+		log:      deps.Logger.With("component", "http"),
+		mux:      http.NewServeMux(),
+		metrics:  newHTTPMetrics(reg),
+		newID:    randomID,
+		stopping: make(chan struct{}),
 	}
 	srv.Update(s)
 	srv.routes()
