@@ -528,11 +528,11 @@ func (p *progressReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// hashCheckReader fails at EOF if what it read does not match obj.
 // errCopyChanged: a copy read twice (verified, then applied) differed the
 // second time.
 var errCopyChanged = errors.New("the copy changed between verification and restore")
 
+// hashCheckReader fails at EOF if what it read does not match obj.
 type hashCheckReader struct {
 	rc     io.ReadCloser
 	h      hash.Hash
