@@ -32,14 +32,10 @@ RECIPIENT=$(age-keygen -y "$WORK/age.key")
 start_stores
 
 REPEATS=${BENCH_REPEATS:-1}
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 highest() { printf '%s\n' "$@" | sort -g | tail -1; }
 # shellcheck disable=SC2206 # a space-separated list
 OPSD_BINS=(${BENCH_OPSD:-$WORK/opsd})
-# Target sets, '|'-separated: the first is the issue's measurement (three
-# targets); the others attribute its time to the stores (bench/README.md,
-# "Where the time goes"). BENCH_TARGETS overrides with one set.
-IFS='|' read -r -a SETS <<<"${BENCH_TARGETS:-local, s3, gcs|local|local, s3}"
+read_target_sets
 VBIN=() VSET=() # the variants: every binary with every target set
 for bin in "${OPSD_BINS[@]}"; do for set in "${SETS[@]}"; do VBIN+=("$bin") VSET+=("$set"); done; done
 label() { # VARIANT

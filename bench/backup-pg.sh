@@ -116,11 +116,7 @@ start_stores
 # Each of the BENCH_REPEATS rounds runs the pipe then opsd, so both see the
 # same machine; the table shows medians (peak RSS: the highest).
 REPEATS=${BENCH_REPEATS:-3}
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
-# Target sets, '|'-separated: the first is the issue's measurement (three
-# targets); the others attribute its time to the stores (see
-# bench/README.md, "Where the time goes"). BENCH_TARGETS overrides with one set.
-IFS='|' read -r -a SETS <<<"${BENCH_TARGETS:-local, s3, gcs|local|local, s3}"
+read_target_sets
 PIPE_RUNS=() PIPE_MCPU=() RSS_KIB=0
 declare -A RUNS=() CPUS=() S3CPUS=() GCSCPUS=() MCPUS=() RSSES=()
 for round in $(seq "$REPEATS"); do

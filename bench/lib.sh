@@ -16,6 +16,15 @@ wait_http() { # URL NAME: any HTTP answer within 20 s
 	echo "bench: $2 did not answer on $1" >&2
 	return 1
 }
+# median X...: the median of numbers.
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+
+# read_target_sets sets SETS, the target sets each round runs opsd with,
+# '|'-separated: the first is the issue's measurement (three targets); the
+# others attribute its time to the stores (bench/README.md, "Where the time
+# goes"). BENCH_TARGETS overrides them with its own.
+read_target_sets() { IFS='|' read -r -a SETS <<<"${BENCH_TARGETS:-local, s3, gcs|local|local, s3}"; }
+
 # cpu_ticks PID: user+system clock ticks (1/100 s) of PID so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # machine_ticks: busy clock ticks of the whole machine so far (every core,

@@ -214,7 +214,7 @@ func (s *Server) handleGetBackup(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = d
 	}
-	b, copies, err := s.waitBackup(r, r.PathValue("id"), wait)
+	b, copies, err := s.waitBackup(r.Context(), r.PathValue("id"), wait)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client went away while waiting
@@ -259,8 +259,7 @@ func (s *Server) handleGetBackup(w http.ResponseWriter, r *http.Request) {
 // running, it answers as soon as the backup's state changes, or after
 // wait (a long poll: `opsd backup run --wait` returns the moment the
 // backup ends instead of at its next poll).
-func (s *Server) waitBackup(r *http.Request, id string, wait time.Duration) (state.Backup, []state.Copy, error) {
-	ctx := r.Context()
+func (s *Server) waitBackup(ctx context.Context, id string, wait time.Duration) (state.Backup, []state.Copy, error) {
 	changed := s.deps.Backups.Changed()
 	b, copies, err := s.deps.Backups.GetBackup(ctx, id)
 	if err != nil || wait <= 0 || (b.State != state.BackupQueued && b.State != state.BackupRunning) {
