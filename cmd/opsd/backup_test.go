@@ -283,3 +283,111 @@ func TestBackupKill9(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreThroughAPI: POST /api/v1/backups/{id}/restore restores on the
+// daemon's host, followed at its Location; a non-empty destination fails
+// the restore without force; bad requests are refused before anything
+// starts; every outcome is audited as backup.restored.
+func TestRestoreThroughAPI(t *testing.T) {
+	dir := t.TempDir()
+	d := startDaemon(t, writeBackupConfig(t, dir, "@daily"), true)
+	env := map[string]string{"OPSD_ADDR": d.addr, "OPSD_TOKEN": testToken}
+	if code, out, errOut := cli(t, env, "backup", "run", "demo", "--wait", "--json"); code != 0 {
+		t.Fatalf("backup run --wait = %d\n%s\n%s", code, out, errOut)
+	}
+	var list struct {
+		Items []backupView `json:"items"`
+	}
+	if code := d.api(t, "GET", "/api/v1/backups", testToken, &list); code != 200 || len(list.Items) != 1 {
+		t.Fatalf("GET backups = %d, %d items", code, len(list.Items))
+	}
+	id := list.Items[0].ID
+	dest := filepath.Join(t.TempDir(), "restored")
+
+	restore := func(body string) (int, string) {
+		t.Helper()
+		resp, b := d.post(t, "/api/v1/backups/"+id+"/restore", testToken, body)
+		return resp.StatusCode, resp.Header.Get("Location") + string(b)
+	}
+	wait := func(loc string) map[string]any {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			var r map[string]any
+			if code := d.api(t, "GET", loc, testToken, &r); code != 200 {
+				t.Fatalf("GET %s = %d", loc, code)
+			}
+			if r["state"] != "running" {
+				return r
+			}
+		}
+		t.Fatalf("restore %s still running after 30s", loc)
+		return nil
+	}
+	location := func(resp string) string { return resp[:strings.Index(resp, "{")] }
+
+	code, resp := restore(`{"to_dir": "` + dest + `"}`)
+	if code != 202 {
+		t.Fatalf("restore = %d %s", code, resp)
+	}
+	r := wait(location(resp))
+	if r["state"] != "succeeded" || r["target"] == "" || r["destination"] != dest {
+		t.Fatalf("restore = %v, want succeeded into %s", r, dest)
+	}
+	for name, want := range map[string]string{"a.txt": "alpha\n", "sub/b.txt": strings.Repeat("bravo ", 1000)} {
+		got, err := os.ReadFile(filepath.Join(dest, dir, "src", name))
+		if err != nil || string(got) != want {
+			t.Errorf("restored %s = %q (%v)", name, got, err)
+		}
+	}
+
+	// Again into the same, now non-empty, directory: refused by the restore.
+	code, resp = restore(`{"to_dir": "` + dest + `"}`)
+	if code != 202 {
+		t.Fatalf("second restore = %d %s", code, resp)
+	}
+	if r := wait(location(resp)); r["state"] != "failed" || !strings.Contains(fmt.Sprint(r["error"]), "not empty") {
+		t.Errorf("restore into a non-empty directory = %v, want failed: not empty", r)
+	}
+
+	for _, tc := range []struct {
+		body string
+		want int
+	}{
+		{`{"to_dir": "relative/dir"}`, 400},
+		{`{}`, 400},
+		{`{"to_dir": "/tmp/x", "target": "nope"}`, 409},
+		{`{"to_postgres": "postgres://u:s3cret@127.0.0.1:1/db?sslmode=disable", "to_dir": "/tmp/x"}`, 400},
+	} {
+		if code, resp := restore(tc.body); code != tc.want || strings.Contains(resp, "s3cret") {
+			t.Errorf("restore %s = %d %s, want %d (and no password)", tc.body, code, resp, tc.want)
+		}
+	}
+	if code := d.api(t, "GET", "/api/v1/restores/20200101T000000Z-00000000", testToken, nil); code != 404 {
+		t.Errorf("GET unknown restore = %d, want 404", code)
+	}
+
+	// The audit log has both outcomes.
+	outcomes := map[string]int{}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && outcomes["failed"]+outcomes["succeeded"] < 2; time.Sleep(100 * time.Millisecond) {
+		var page struct {
+			Items []struct {
+				Entry struct {
+					Action  string `json:"action"`
+					Outcome string `json:"outcome"`
+				} `json:"entry"`
+			} `json:"items"`
+		}
+		if code := d.api(t, "GET", "/api/v1/audit/entries?limit=1000", testToken, &page); code != 200 {
+			t.Fatalf("audit entries = %d", code)
+		}
+		outcomes = map[string]int{}
+		for _, it := range page.Items {
+			if it.Entry.Action == "backup.restored" && it.Entry.Outcome != "accepted" {
+				outcomes[it.Entry.Outcome]++
+			}
+		}
+	}
+	if outcomes["succeeded"] != 1 || outcomes["failed"] != 1 {
+		t.Errorf("backup.restored outcomes = %v, want one succeeded, one failed", outcomes)
+	}
+}

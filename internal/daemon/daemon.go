@@ -248,6 +248,10 @@ func (d *Daemon) open(ctx context.Context, cfg *config.Config) error {
 }
 
 func (d *Daemon) close() {
+	// API restores still running are cancelled (they fail and say so).
+	if d.backups != nil {
+		d.backups.StopRestores()
+	}
 	// The alert-rules actor closes the local rules TSDB when it returns;
 	// this closes it when the daemon stopped before running it.
 	if d.alerts != nil {

@@ -32,6 +32,11 @@ type Backups interface {
 	EnqueueVerify(ctx context.Context, id, level, target string) (request string, err error)
 	// Verifications lists backup id's verifications, oldest first.
 	Verifications(ctx context.Context, id string) ([]state.Verification, error)
+	// StartRestore checks a restore of backup id and starts it in the
+	// background; errors as EnqueueVerify's. GetRestore returns one
+	// (state.ErrNotFound when this daemon does not know it).
+	StartRestore(ctx context.Context, id string, req backup.RestoreRequest) (backup.RestoreJob, error)
+	GetRestore(id string) (backup.RestoreJob, error)
 	// PruneDocument applies retention to source ("" = every source with a
 	// policy), deleting unless dryRun, and returns the decisions document.
 	PruneDocument(ctx context.Context, source string, dryRun bool) (any, error)
@@ -308,6 +313,77 @@ func (s *Server) handleVerifyBackup(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/api/v1/backups/"+id)
 	writeJSON(w, http.StatusAccepted, VerifyQueued{BackupID: id, Level: body.Level, Target: body.Target, State: "queued", Request: req})
+}
+
+// RestoreRequestBody is the body of POST /api/v1/backups/{id}/restore.
+type RestoreRequestBody struct {
+	Target     string `json:"target,omitempty"`
+	ToDir      string `json:"to_dir,omitempty"`
+	ToPostgres string `json:"to_postgres,omitempty"`
+	Force      bool   `json:"force,omitempty"`
+}
+
+// RestoreResource is an API restore (GET /api/v1/restores/{id}).
+type RestoreResource struct {
+	ID              string   `json:"id"`
+	BackupID        string   `json:"backup_id"`
+	Source          string   `json:"source"`
+	Actor           string   `json:"actor"`
+	Destination     string   `json:"destination"`
+	Force           bool     `json:"force"`
+	Target          string   `json:"target,omitempty"`
+	State           string   `json:"state"`
+	Bytes           int64    `json:"bytes"`
+	Error           string   `json:"error,omitempty"`
+	Rejected        []string `json:"rejected,omitempty"`
+	StartedAt       *string  `json:"started_at"`
+	FinishedAt      *string  `json:"finished_at"`
+	DurationSeconds *float64 `json:"duration_seconds,omitempty"`
+}
+
+func toRestoreResource(j backup.RestoreJob) RestoreResource {
+	return RestoreResource{ID: j.ID, BackupID: j.BackupID, Source: j.Source, Actor: j.Actor, Destination: j.Destination, Force: j.Force,
+		Target: j.Target, State: j.State, Bytes: j.Bytes, Error: j.Error, Rejected: j.Rejected, StartedAt: timeText(j.StartedAt),
+		FinishedAt: timeText(j.FinishedAt), DurationSeconds: durationOf(j.StartedAt, j.FinishedAt)}
+}
+
+// handleRestoreBackup starts a restore on the daemon's host: 202 with the
+// restore and its Location. Restoring over a non-empty directory or
+// database (force) takes an admin token.
+func (s *Server) handleRestoreBackup(w http.ResponseWriter, r *http.Request) {
+	var body RestoreRequestBody
+	if !decodeJSON(w, r, &body) {
+		return
+	}
+	if s.deps.Backups == nil {
+		writeProblem(w, r, probUnavailable.with("backups not available"))
+		return
+	}
+	if info := reqInfoFrom(r.Context()); body.Force && info.role < RoleAdmin {
+		writeProblem(w, r, probForbidden.with("force restores over existing data: token "+info.token+" has role "+info.role.String()+"; this needs admin"))
+		return
+	}
+	j, err := s.deps.Backups.StartRestore(r.Context(), r.PathValue("id"),
+		backup.RestoreRequest{Target: body.Target, ToDir: body.ToDir, ToPostgres: body.ToPostgres, Force: body.Force})
+	if err != nil {
+		s.backupError(w, r, "start restore", err)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/restores/"+j.ID)
+	writeJSON(w, http.StatusAccepted, toRestoreResource(j))
+}
+
+func (s *Server) handleGetRestore(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Backups == nil {
+		writeProblem(w, r, probUnavailable.with("backups not available"))
+		return
+	}
+	j, err := s.deps.Backups.GetRestore(r.PathValue("id"))
+	if err != nil {
+		s.backupError(w, r, "get restore", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toRestoreResource(j))
 }
 
 func (s *Server) handlePrune(w http.ResponseWriter, r *http.Request) {

@@ -26,6 +26,25 @@ type fakeBackups struct {
 
 func (f fakeBackups) Changed() <-chan struct{} { return f.changed }
 
+func (fakeBackups) StartRestore(ctx context.Context, id string, req backup.RestoreRequest) (backup.RestoreJob, error) {
+	switch {
+	case id != "20261125T060000Z-abcd":
+		return backup.RestoreJob{}, fmt.Errorf("backup %s: %w", id, state.ErrNotFound)
+	case (req.ToDir == "") == (req.ToPostgres == ""):
+		return backup.RestoreJob{}, fmt.Errorf("%w: give exactly one of to_dir and to_postgres", state.ErrInvalid)
+	}
+	return backup.RestoreJob{ID: "20261125T070000Z-0a0b0c0d", BackupID: id, Source: "demo", Actor: action.ActorFrom(ctx).String(),
+		Destination: req.ToDir, Force: req.Force, State: backup.RestoreRunning, StartedAt: fakeTime}, nil
+}
+
+func (fakeBackups) GetRestore(id string) (backup.RestoreJob, error) {
+	if id != "20261125T070000Z-0a0b0c0d" {
+		return backup.RestoreJob{}, fmt.Errorf("restore %s: %w", id, state.ErrNotFound)
+	}
+	return backup.RestoreJob{ID: id, BackupID: "20261125T060000Z-abcd", Source: "demo", Actor: "token:operator", Destination: "/srv/restored",
+		Target: "a", State: backup.RestoreSucceeded, Bytes: 10, StartedAt: fakeTime, FinishedAt: fakeTime.Add(time.Second)}, nil
+}
+
 var fakeTime = time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
 
 func (fakeBackups) Enqueue(ctx context.Context, source string) (state.Backup, error) {
@@ -124,6 +143,8 @@ func TestBackupRoutes(t *testing.T) {
 		{"prune as operator", "POST", "/api/v1/prune", "operator", 403},
 		{"prune as admin", "POST", "/api/v1/prune", "root", 200},
 		{"verify unknown backup", "POST", "/api/v1/backups/20261125T060000Z-ffff/verify", "operator", 404},
+		{"get restore", "GET", "/api/v1/restores/20261125T070000Z-0a0b0c0d", "viewer", 200},
+		{"get unknown restore", "GET", "/api/v1/restores/20261125T070000Z-ffffffff", "viewer", 404},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -234,6 +255,50 @@ func TestGetBackupWaitsForChange(t *testing.T) {
 			!strings.Contains(w.Body.String(), "wait must be a duration") {
 			t.Errorf("wait=%s: %d %s, want 400 naming wait", bad, w.Code, w.Body.String())
 		}
+	}
+}
+
+// POST /api/v1/backups/{id}/restore: operators restore into empty
+// destinations; restoring over data (force) takes an admin.
+func TestRestoreBackupRoute(t *testing.T) {
+	const path = "/api/v1/backups/20261125T060000Z-abcd/restore"
+	for _, tc := range []struct {
+		name, token, body string
+		want              int
+	}{
+		{"operator into a directory", "operator", `{"to_dir": "/srv/restored"}`, 202},
+		{"viewer", "viewer", `{"to_dir": "/srv/restored"}`, 403},
+		{"operator with force", "operator", `{"to_dir": "/srv/restored", "force": true}`, 403},
+		{"admin with force", "root", `{"to_dir": "/srv/restored", "force": true}`, 202},
+		{"two destinations", "operator", `{"to_dir": "/srv/restored", "to_postgres": "postgres://h/db"}`, 400},
+		{"unknown field", "operator", `{"to": "/srv/restored"}`, 400},
+		{"unknown backup", "operator", `{"to_dir": "/srv/restored"}`, 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			p := path
+			if tc.name == "unknown backup" {
+				p = "/api/v1/backups/20261125T060000Z-ffff/restore"
+			}
+			w := f.do(t, "POST", p, tc.token, tc.body)
+			if w.Code != tc.want {
+				t.Fatalf("POST %s %s as %s = %d, want %d: %s", p, tc.body, tc.token, w.Code, tc.want, w.Body.String())
+			}
+			if tc.want != 202 {
+				return
+			}
+			if loc := w.Header().Get("Location"); loc != "/api/v1/restores/20261125T070000Z-0a0b0c0d" {
+				t.Errorf("Location = %q", loc)
+			}
+			var got RestoreResource
+			if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || got.State != "running" || got.Destination != "/srv/restored" {
+				t.Errorf("body = %s (%v)", w.Body.String(), err)
+			}
+			want := []string{"token:" + tc.token + " backup.restore accepted", "token:" + tc.token + " backup.restore succeeded"}
+			if diff := cmp.Diff(want, f.rec.summary()); diff != "" {
+				t.Errorf("audit records (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 

@@ -45,7 +45,9 @@ func (s *Server) routes() {
 		{method: "GET", path: "/api/v1/backups/{id}", role: RoleViewer, handler: http.HandlerFunc(s.handleGetBackup)},
 		{method: "POST", path: "/api/v1/backups/{id}/verify", role: RoleOperator, action: "backup.verify", object: pathObject("backup", "id"), handler: http.HandlerFunc(s.handleVerifyBackup)},
 		{method: "POST", path: "/api/v1/prune", role: RoleAdmin, action: "backup.prune", handler: http.HandlerFunc(s.handlePrune)},
-		{method: "POST", path: "/api/v1/backups/{id}/restore", role: RoleOperator, handler: notYet("restores")},
+		// to_postgres is a DSN: the audit log keeps its keyed hash.
+		{method: "POST", path: "/api/v1/backups/{id}/restore", role: RoleOperator, action: "backup.restore", secrets: []string{"to_postgres"}, object: pathObject("backup", "id"), handler: http.HandlerFunc(s.handleRestoreBackup)},
+		{method: "GET", path: "/api/v1/restores/{id}", role: RoleViewer, handler: http.HandlerFunc(s.handleGetRestore)},
 
 		// Runbooks and drills.
 		{method: "GET", path: "/api/v1/runbooks", role: RoleViewer, handler: http.HandlerFunc(s.handleListRunbooks)},

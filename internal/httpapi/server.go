@@ -202,7 +202,7 @@ func (s *Server) wrap(rt route) http.Handler {
 			writeProblem(w, r, probUnauthorized.with(""))
 			return
 		}
-		info.token = tok.Name
+		info.token, info.role = tok.Name, tok.Role
 		if !set.tokenLimits.allow(tok.Name) {
 			w.Header().Set("Retry-After", "1")
 			writeProblem(w, r, probRateLimited.with("rate limit for token "+tok.Name))
@@ -288,6 +288,7 @@ type reqInfoKey struct{}
 type reqInfo struct {
 	route string
 	token string
+	role  Role // the token's
 }
 
 func reqInfoFrom(ctx context.Context) *reqInfo {

@@ -127,6 +127,8 @@ type Service struct {
 
 	changedMu sync.Mutex
 	changed   chan struct{} // closed at the next state change; nil until asked for
+
+	restores restores // API restores (restores.go)
 }
 
 // Changed returns a channel closed when a backup run by this process next
