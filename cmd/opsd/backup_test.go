@@ -1,15 +1,23 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/opsd-dev/opsd/internal/state/pgtest"
 )
 
 // writeBackupConfig writes a config with a files source "demo" backed up to
@@ -284,6 +292,62 @@ func TestBackupKill9(t *testing.T) {
 	}
 }
 
+// restoreVia asks the daemon to restore backup id (POST
+// /api/v1/backups/{id}/restore) and returns the status and the restore's
+// Location with the response body.
+func restoreVia(t *testing.T, d *daemonProc, id, body string) (code int, location, resp string) {
+	t.Helper()
+	r, b := d.post(t, "/api/v1/backups/"+id+"/restore", testToken, body)
+	return r.StatusCode, r.Header.Get("Location"), string(b)
+}
+
+// waitRestore polls an API restore until it is no longer running.
+func waitRestore(t *testing.T, d *daemonProc, location string) map[string]any {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		var r map[string]any
+		if code := d.api(t, "GET", location, testToken, &r); code != 200 {
+			t.Fatalf("GET %s = %d", location, code)
+		}
+		if r["state"] != "running" {
+			return r
+		}
+	}
+	t.Fatalf("restore %s still running after 60s", location)
+	return nil
+}
+
+// auditOutcomes counts the outcomes of action in the daemon's audit log,
+// polling until want outcomes (accepted excluded) are there or 5 s passed.
+func auditOutcomes(t *testing.T, d *daemonProc, action string, want int) map[string]int {
+	t.Helper()
+	outcomes := map[string]int{}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		var page struct {
+			Items []struct {
+				Entry struct {
+					Action  string `json:"action"`
+					Outcome string `json:"outcome"`
+				} `json:"entry"`
+			} `json:"items"`
+		}
+		if code := d.api(t, "GET", "/api/v1/audit/entries?limit=1000", testToken, &page); code != 200 {
+			t.Fatalf("audit entries = %d", code)
+		}
+		outcomes, n := map[string]int{}, 0
+		for _, it := range page.Items {
+			if it.Entry.Action == action && it.Entry.Outcome != "accepted" {
+				outcomes[it.Entry.Outcome]++
+				n++
+			}
+		}
+		if n >= want {
+			return outcomes
+		}
+	}
+	return outcomes
+}
+
 // TestRestoreThroughAPI: POST /api/v1/backups/{id}/restore restores on the
 // daemon's host, followed at its Location; a non-empty destination fails
 // the restore without force; bad requests are refused before anything
@@ -304,32 +368,11 @@ func TestRestoreThroughAPI(t *testing.T) {
 	id := list.Items[0].ID
 	dest := filepath.Join(t.TempDir(), "restored")
 
-	restore := func(body string) (int, string) {
-		t.Helper()
-		resp, b := d.post(t, "/api/v1/backups/"+id+"/restore", testToken, body)
-		return resp.StatusCode, resp.Header.Get("Location") + string(b)
-	}
-	wait := func(loc string) map[string]any {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			var r map[string]any
-			if code := d.api(t, "GET", loc, testToken, &r); code != 200 {
-				t.Fatalf("GET %s = %d", loc, code)
-			}
-			if r["state"] != "running" {
-				return r
-			}
-		}
-		t.Fatalf("restore %s still running after 30s", loc)
-		return nil
-	}
-	location := func(resp string) string { return resp[:strings.Index(resp, "{")] }
-
-	code, resp := restore(`{"to_dir": "` + dest + `"}`)
+	code, loc, resp := restoreVia(t, d, id, `{"to_dir": "`+dest+`"}`)
 	if code != 202 {
 		t.Fatalf("restore = %d %s", code, resp)
 	}
-	r := wait(location(resp))
+	r := waitRestore(t, d, loc)
 	if r["state"] != "succeeded" || r["target"] == "" || r["destination"] != dest {
 		t.Fatalf("restore = %v, want succeeded into %s", r, dest)
 	}
@@ -341,11 +384,11 @@ func TestRestoreThroughAPI(t *testing.T) {
 	}
 
 	// Again into the same, now non-empty, directory: refused by the restore.
-	code, resp = restore(`{"to_dir": "` + dest + `"}`)
+	code, loc, resp = restoreVia(t, d, id, `{"to_dir": "`+dest+`"}`)
 	if code != 202 {
 		t.Fatalf("second restore = %d %s", code, resp)
 	}
-	if r := wait(location(resp)); r["state"] != "failed" || !strings.Contains(fmt.Sprint(r["error"]), "not empty") {
+	if r := waitRestore(t, d, loc); r["state"] != "failed" || !strings.Contains(fmt.Sprint(r["error"]), "not empty") {
 		t.Errorf("restore into a non-empty directory = %v, want failed: not empty", r)
 	}
 
@@ -358,7 +401,7 @@ func TestRestoreThroughAPI(t *testing.T) {
 		{`{"to_dir": "/tmp/x", "target": "nope"}`, 409},
 		{`{"to_postgres": "postgres://u:s3cret@127.0.0.1:1/db?sslmode=disable", "to_dir": "/tmp/x"}`, 400},
 	} {
-		if code, resp := restore(tc.body); code != tc.want || strings.Contains(resp, "s3cret") {
+		if code, _, resp := restoreVia(t, d, id, tc.body); code != tc.want || strings.Contains(resp, "s3cret") {
 			t.Errorf("restore %s = %d %s, want %d (and no password)", tc.body, code, resp, tc.want)
 		}
 	}
@@ -367,27 +410,104 @@ func TestRestoreThroughAPI(t *testing.T) {
 	}
 
 	// The audit log has both outcomes.
-	outcomes := map[string]int{}
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && outcomes["failed"]+outcomes["succeeded"] < 2; time.Sleep(100 * time.Millisecond) {
-		var page struct {
-			Items []struct {
-				Entry struct {
-					Action  string `json:"action"`
-					Outcome string `json:"outcome"`
-				} `json:"entry"`
-			} `json:"items"`
-		}
-		if code := d.api(t, "GET", "/api/v1/audit/entries?limit=1000", testToken, &page); code != 200 {
-			t.Fatalf("audit entries = %d", code)
-		}
-		outcomes = map[string]int{}
-		for _, it := range page.Items {
-			if it.Entry.Action == "backup.restored" && it.Entry.Outcome != "accepted" {
-				outcomes[it.Entry.Outcome]++
-			}
-		}
+	if got := auditOutcomes(t, d, "backup.restored", 2); got["succeeded"] != 1 || got["failed"] != 1 {
+		t.Errorf("backup.restored outcomes = %v, want one succeeded, one failed", got)
 	}
-	if outcomes["succeeded"] != 1 || outcomes["failed"] != 1 {
-		t.Errorf("backup.restored outcomes = %v, want one succeeded, one failed", outcomes)
+}
+
+// TestRestoreToPostgresThroughAPI: a pg_dump backup restored through the
+// API into an empty database of the real PostgreSQL; the DSN's password
+// appears nowhere (response, restore, audit log); restoring into the now
+// non-empty database fails without force.
+func TestRestoreToPostgresThroughAPI(t *testing.T) {
+	srcDSN, intoDSN := pgtest.DSN(t), pgtest.DSN(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, srcDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `create table orders (id int primary key, item text);
+		insert into orders select i, 'item ' || i from generate_series(1, 42) i`); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	dir := t.TempDir()
+	cfg := testDaemonYAML("") + fmt.Sprintf(`targets:
+  local: {type: local, path: ./backups}
+sources:
+  orders-db:
+    type: postgres
+    dsn: %q
+    schedule: "@daily"
+    targets: [local]
+    encryption: {age_identity_file: ./keys/age.key, generate: true}
+`, srcDSN)
+	cfgPath := filepath.Join(dir, "opsd.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, cfgPath, true)
+	b := runAndWait(t, d, "orders-db", nil)
+	if b.State != "succeeded" {
+		t.Fatalf("backup = %s (%s)", b.State, b.Error)
+	}
+	// Trust auth accepts any password: enough to see where it goes.
+	u, err := url.Parse(intoDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const password = "Pa55-restore-s3cret"
+	u.User = url.UserPassword(u.User.Username(), password)
+	body := `{"to_postgres": "` + u.String() + `"}`
+
+	code, loc, resp := restoreVia(t, d, b.ID, body)
+	if code != 202 || strings.Contains(resp, password) {
+		t.Fatalf("restore = %d %s", code, resp)
+	}
+	r := waitRestore(t, d, loc)
+	if r["state"] != "succeeded" || strings.Contains(fmt.Sprint(r), password) {
+		t.Fatalf("restore = %v, want succeeded and no password", r)
+	}
+	conn, err = pgx.Connect(ctx, intoDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	err = conn.QueryRow(ctx, "select count(*) from orders").Scan(&n)
+	conn.Close(ctx)
+	if err != nil || n != 42 {
+		t.Fatalf("restored orders = %d (%v), want 42", n, err)
+	}
+
+	code, loc, _ = restoreVia(t, d, b.ID, body)
+	if code != 202 {
+		t.Fatalf("second restore = %d", code)
+	}
+	if r := waitRestore(t, d, loc); r["state"] != "failed" || !strings.Contains(fmt.Sprint(r["error"]), "not empty") {
+		t.Errorf("restore into a non-empty database = %v, want failed: not empty", r)
+	}
+	if got := auditOutcomes(t, d, "backup.restored", 2); got["succeeded"] != 1 || got["failed"] != 1 {
+		t.Errorf("backup.restored outcomes = %v, want one succeeded, one failed", got)
+	}
+	files := 0
+	err = filepath.WalkDir(filepath.Join(dir, "data", "audit"), func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		files++
+		if bytes.Contains(raw, []byte(password)) {
+			t.Errorf("audit file %s holds the DSN's password", p)
+		}
+		return nil
+	})
+	if err != nil || files == 0 {
+		t.Errorf("read the audit log under %s: %d files, %v", filepath.Join(dir, "data", "audit"), files, err)
+	}
+	if strings.Contains(d.stderr.String(), password) {
+		t.Error("the daemon's log holds the DSN's password")
 	}
 }
