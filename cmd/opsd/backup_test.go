@@ -130,20 +130,8 @@ func TestBackupThroughDaemon(t *testing.T) {
 	// The audit log has the request, the job run and one entry per copy.
 	counts := map[string]int{}
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		var page struct {
-			Items []struct {
-				Entry struct {
-					Action  string `json:"action"`
-					Outcome string `json:"outcome"`
-					Object  string `json:"object"`
-				} `json:"entry"`
-			} `json:"items"`
-		}
-		if code := d.api(t, "GET", "/api/v1/audit/entries?limit=1000", testToken, &page); code != 200 {
-			t.Fatalf("audit entries = %d", code)
-		}
 		counts = map[string]int{}
-		for _, it := range page.Items {
+		for _, it := range auditEntries(t, d) {
 			if it.Entry.Outcome == "succeeded" {
 				counts[it.Entry.Action]++
 			}
@@ -321,28 +309,18 @@ func waitRestore(t *testing.T, d *daemonProc, location string) map[string]any {
 // polling until want outcomes (accepted excluded) are there or 5 s passed.
 func auditOutcomes(t *testing.T, d *daemonProc, action string, want int) map[string]int {
 	t.Helper()
-	outcomes := map[string]int{}
+	var outcomes map[string]int
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		var page struct {
-			Items []struct {
-				Entry struct {
-					Action  string `json:"action"`
-					Outcome string `json:"outcome"`
-				} `json:"entry"`
-			} `json:"items"`
-		}
-		if code := d.api(t, "GET", "/api/v1/audit/entries?limit=1000", testToken, &page); code != 200 {
-			t.Fatalf("audit entries = %d", code)
-		}
-		outcomes, n := map[string]int{}, 0
-		for _, it := range page.Items {
+		outcomes = map[string]int{}
+		n := 0
+		for _, it := range auditEntries(t, d) {
 			if it.Entry.Action == action && it.Entry.Outcome != "accepted" {
 				outcomes[it.Entry.Outcome]++
 				n++
 			}
 		}
 		if n >= want {
-			return outcomes
+			break
 		}
 	}
 	return outcomes
@@ -421,16 +399,7 @@ func TestRestoreThroughAPI(t *testing.T) {
 // non-empty database fails without force.
 func TestRestoreToPostgresThroughAPI(t *testing.T) {
 	srcDSN, intoDSN := pgtest.DSN(t), pgtest.DSN(t)
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, srcDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `create table orders (id int primary key, item text);
-		insert into orders select i, 'item ' || i from generate_series(1, 42) i`); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close(ctx)
+	seedOrders(t, srcDSN)
 	dir := t.TempDir()
 	cfg := testDaemonYAML("") + fmt.Sprintf(`targets:
   local: {type: local, path: ./backups}
@@ -468,7 +437,8 @@ sources:
 	if r["state"] != "succeeded" || strings.Contains(fmt.Sprint(r), password) {
 		t.Fatalf("restore = %v, want succeeded and no password", r)
 	}
-	conn, err = pgx.Connect(ctx, intoDSN)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, intoDSN)
 	if err != nil {
 		t.Fatal(err)
 	}

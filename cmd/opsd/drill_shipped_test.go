@@ -22,18 +22,24 @@ import (
 // scratch database and counts its rows, files-restore-drill restores a
 // file tree, failover-example checks two HTTP endpoints as a drill and, as
 // a live run approved by an admin, promotes a standby with exec.
-func TestShippedRunbooks(t *testing.T) {
-	stateDSN, ordersDSN, scratchDSN := pgtest.DSN(t), pgtest.DSN(t), pgtest.DSN(t)
+// seedOrders creates the table orders, 42 rows, in the database at dsn.
+func seedOrders(t *testing.T, dsn string) {
+	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, ordersDSN)
+	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, `create table orders (id int primary key, item text);
 		insert into orders select i, 'item ' || i from generate_series(1, 42) i`); err != nil {
 		t.Fatal(err)
 	}
-	conn.Close(ctx)
+}
+
+func TestShippedRunbooks(t *testing.T) {
+	stateDSN, ordersDSN, scratchDSN := pgtest.DSN(t), pgtest.DSN(t), pgtest.DSN(t)
+	seedOrders(t, ordersDSN)
 
 	dir := t.TempDir()
 	uploads := filepath.Join(dir, "uploads")
@@ -174,6 +180,7 @@ alerts:
 				t.Errorf("step %s = %s, want %s", id, got, want)
 			}
 		}
+		ctx := context.Background()
 		conn, err := pgx.Connect(ctx, scratchDSN)
 		if err != nil {
 			t.Fatal(err)

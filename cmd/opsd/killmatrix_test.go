@@ -461,19 +461,8 @@ func (e *killEnv) retention(d *daemonProc) (keep, drop []string) {
 
 // backupJobs counts the backup jobs that ended, from the audit log.
 func (e *killEnv) backupJobs(d *daemonProc) int {
-	var page struct {
-		Items []struct {
-			Entry struct {
-				Action  string `json:"action"`
-				Outcome string `json:"outcome"`
-			} `json:"entry"`
-		} `json:"items"`
-	}
-	if code := d.api(e.t, "GET", "/api/v1/audit/entries?limit=1000", testToken, &page); code != 200 {
-		e.t.Fatalf("audit entries = %d", code)
-	}
 	n := 0
-	for _, it := range page.Items {
+	for _, it := range auditEntries(e.t, d) {
 		if it.Entry.Action == "job.backup" && it.Entry.Outcome != "accepted" {
 			n++
 		}

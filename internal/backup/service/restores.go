@@ -11,7 +11,6 @@ import (
 	"github.com/opsd-dev/opsd/internal/backup"
 	"github.com/opsd-dev/opsd/internal/backup/pgtool"
 	"github.com/opsd-dev/opsd/internal/state"
-	"github.com/opsd-dev/opsd/internal/storage"
 )
 
 // maxRestores bounds the finished restores kept for GET.
@@ -73,16 +72,9 @@ func (s *Service) StartRestore(ctx context.Context, id string, req backup.Restor
 	if err != nil {
 		return backup.RestoreJob{}, fmt.Errorf("%w: %v", state.ErrInvalid, err)
 	}
-	var targets []storage.Backend
-	for _, c := range good {
-		t, err := s.opts.Target(ctx, c.Target)
-		if err != nil {
-			continue
-		}
-		targets = append(targets, t)
-	}
-	if len(targets) == 0 {
-		return backup.RestoreJob{}, fmt.Errorf("%w: no target of a complete copy of %s can be opened", ErrNotVerifiable, id)
+	targets, err := s.copyTargets(ctx, good)
+	if err != nil {
+		return backup.RestoreJob{}, fmt.Errorf("%w: backup %s: %v", ErrNotVerifiable, id, err)
 	}
 	r := &backup.RestoreJob{ID: newRequestID(s.opts.Now()), BackupID: b.ID, Source: b.Source, Actor: action.ActorFrom(ctx).String(),
 		Destination: dest, Force: req.Force, State: backup.RestoreRunning, StartedAt: s.opts.Now().UTC()}

@@ -240,16 +240,9 @@ func (s *Service) restoreCheck(ctx context.Context, b state.Backup, copies []sta
 	if !ok {
 		return nil, fmt.Errorf("source %q is no longer configured: its restore checks are unknown", b.Source)
 	}
-	var targets []storage.Backend
-	for _, c := range copies {
-		t, err := s.opts.Target(ctx, c.Target)
-		if err != nil {
-			continue
-		}
-		targets = append(targets, t)
-	}
-	if len(targets) == 0 {
-		return nil, errors.New("no target of a complete copy can be opened")
+	targets, err := s.copyTargets(ctx, copies)
+	if err != nil {
+		return nil, err
 	}
 	ids, err := sourceIdentities(sc)
 	if err != nil {
@@ -284,6 +277,21 @@ func restoreTool(pgDump string) string {
 		return ""
 	}
 	return dir + "pg_restore"
+}
+
+// copyTargets opens the targets of copies, in order, skipping those that
+// cannot be opened; none at all is an error.
+func (s *Service) copyTargets(ctx context.Context, copies []state.Copy) ([]storage.Backend, error) {
+	var targets []storage.Backend
+	for _, c := range copies {
+		if t, err := s.opts.Target(ctx, c.Target); err == nil {
+			targets = append(targets, t)
+		}
+	}
+	if len(targets) == 0 {
+		return nil, errors.New("no target of a complete copy can be opened")
+	}
+	return targets, nil
 }
 
 // sourceIdentities reads the age identity that decrypts a source's
