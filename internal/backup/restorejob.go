@@ -1,6 +1,9 @@
 package backup
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // RestoreRequest is a restore asked for through the API
 // (POST /api/v1/backups/{id}/restore): into a directory or a PostgreSQL
@@ -13,6 +16,9 @@ type RestoreRequest struct {
 	ToPostgres string
 	Force      bool
 }
+
+// ErrRestoreBusy: another API restore is writing to the same destination.
+var ErrRestoreBusy = errors.New("a restore is already writing to this destination")
 
 // Restore states.
 const (

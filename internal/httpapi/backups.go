@@ -412,6 +412,8 @@ func (s *Server) backupError(w http.ResponseWriter, r *http.Request, what string
 		writeProblem(w, r, probBadRequest.with(err.Error()))
 	case errors.Is(err, backup.ErrNotVerifiable):
 		writeProblem(w, r, probNotVerifiable.with(err.Error()))
+	case errors.Is(err, backup.ErrRestoreBusy):
+		writeProblem(w, r, probRestoreBusy.with(err.Error()))
 	default:
 		s.log.Error(what, "err", err, "request_id", requestIDFrom(r.Context()))
 		writeProblem(w, r, probInternal.with(what+" failed; see the daemon log for request "+requestIDFrom(r.Context())))

@@ -41,6 +41,7 @@ var (
 	probUnavailable     = problemKind{"unavailable", "Service unavailable", http.StatusServiceUnavailable}
 	probReloadRefused   = problemKind{"reload-refused", "Reload refused; the running configuration is unchanged", http.StatusConflict}
 	probNotVerifiable   = problemKind{"not-verifiable", "Backup has nothing to verify", http.StatusConflict}
+	probRestoreBusy     = problemKind{"restore-in-progress", "A restore is already writing to this destination", http.StatusConflict}
 )
 
 type problemKind struct {

@@ -38,7 +38,8 @@ func (r *restores) init() {
 // StartRestore checks req against backup id and starts restoring it in
 // the background. Bad requests wrap state.ErrInvalid, an unknown backup
 // state.ErrNotFound, a backup without a manifest or complete copy
-// ErrNotVerifiable; nothing is started then.
+// ErrNotVerifiable, a destination another restore of this daemon is
+// writing to backup.ErrRestoreBusy; nothing is started then.
 func (s *Service) StartRestore(ctx context.Context, id string, req backup.RestoreRequest) (backup.RestoreJob, error) {
 	s.restores.init()
 	var dest string
@@ -88,6 +89,12 @@ func (s *Service) StartRestore(ctx context.Context, id string, req backup.Restor
 		}}
 	rs := &s.restores
 	rs.mu.Lock()
+	for _, x := range rs.byID {
+		if x.State == backup.RestoreRunning && x.Destination == dest {
+			rs.mu.Unlock()
+			return backup.RestoreJob{}, fmt.Errorf("%w: restore %s is writing to %s", backup.ErrRestoreBusy, x.ID, dest)
+		}
+	}
 	rs.byID[r.ID] = r
 	rs.order = append(rs.order, r.ID)
 	rs.mu.Unlock()
